@@ -1,0 +1,60 @@
+"""What every command shares: console on stderr, --json on stdout, user errors as one line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from itkd_cli.core.errors import ItkdError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Progress, tables and messages go to stderr so that stdout stays clean for --json.
+console = Console(stderr=True)
+STATE = {"quiet": False}
+
+JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+SetOpt = typer.Option([], "--set", help="Override a recipe field: key.path=value (repeatable).")
+
+
+def say(message: str) -> None:
+    """Print a status line on stderr unless --quiet."""
+    if not STATE["quiet"]:
+        console.print(message)
+
+
+def emit_json(data: Any) -> None:
+    """Write machine-readable output on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def report_error(exc: ItkdError) -> None:
+    """Render a user error: every line of the message, then the hint, on stderr."""
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        err.print(f"[bold red]error:[/] {line}", markup=True)
+    if exc.hint:
+        err.print(f"[dim]hint: {exc.hint}[/]")
+
+
+def handle_errors(func: F) -> F:
+    """Turn ItkdError into a one-line message + exit code; Ctrl-C into exit 130."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ItkdError as exc:
+            report_error(exc)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]

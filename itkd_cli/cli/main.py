@@ -1,0 +1,57 @@
+"""`itkd` entry point: one Typer app, one module per command (nothing imports cli)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+import typer
+
+from itkd_cli import __version__
+from itkd_cli.cli.common import STATE
+
+app = typer.Typer(
+    name="itkd",
+    help="Compress LiDAR CenterPoint detectors with itKD (interchange-transfer knowledge distillation).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# (module, sub-command group name or None for a single command registered by the module)
+# Each module exposes `app` (a Typer group) or `register(app)` (top-level commands).
+COMMAND_MODULES: list[tuple[str, Optional[str]]] = [
+    ("itkd_cli.cli.recipe_cmd", "recipe"),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"itkd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and results."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """itkd: teacher checkpoint in, 1/4-width student out, judged by the official metrics."""
+    STATE["quiet"] = quiet
+
+
+for module_name, group in COMMAND_MODULES:
+    module = importlib.import_module(module_name)
+    if group is None:
+        module.register(app)
+    else:
+        app.add_typer(module.app, name=group)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Load recipes: YAML files with `extends:` inheritance and `--set a.b=value` overrides."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import ValidationError
+
+from itkd_cli.core.errors import ItkdError
+from itkd_cli.recipe.schema import Recipe
+
+
+class RecipeError(ItkdError):
+    """One or more recipe problems, each rendered as ``file: field.path: message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems), hint="`itkd recipe show NAME` prints a valid recipe to start from")
+        self.problems = problems
+
+
+def builtin_dir() -> Path:
+    """Folder of the built-in recipes (``$ITKD_RECIPES`` overrides the repo's ``recipes/``)."""
+    env = os.environ.get("ITKD_RECIPES")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "recipes"
+
+
+def builtin_names() -> list[str]:
+    """Names of the built-in recipes, sorted."""
+    return sorted(p.stem for p in builtin_dir().glob("*.yaml"))
+
+
+def resolve_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
+    """Turn a recipe name (``synth-pillar``) or path into an existing file path."""
+    raw = str(name_or_path)
+    candidates = []
+    if relative_to is not None:
+        candidates.append(relative_to / raw)
+    candidates += [Path(raw), builtin_dir() / raw, builtin_dir() / f"{raw}.yaml"]
+    for cand in candidates:
+        if cand.is_file():
+            return cand.resolve()
+    names = ", ".join(builtin_names()) or "none"
+    raise RecipeError([f"{raw}: no such recipe file or built-in recipe (built-in: {names})"])
+
+
+def deep_merge(base: dict, top: dict) -> dict:
+    """Merge ``top`` onto ``base``: nested mappings merge, everything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml(path: Path) -> dict:
+    """Parse one YAML mapping, with file-named errors."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise RecipeError([f"{path}: cannot read ({exc.strerror})"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError([f"{path}:{where}: invalid YAML: {problem}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecipeError([f"{path}: a recipe must be a YAML mapping, got {type(data).__name__}"])
+    return data
+
+
+def load_raw(name_or_path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """Read a recipe and everything it extends into one merged mapping (not yet validated)."""
+    parent_dir = _chain[-1].parent if _chain else None
+    path = resolve_path(name_or_path, parent_dir)
+    if path in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path))
+        raise RecipeError([f"{path}: extends: recipe includes itself ({cycle})"])
+    data = read_yaml(path)
+    bases = data.pop("extends", None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise RecipeError([f"{path}: extends: must be a recipe name/path or a list of them"])
+    merged: dict = {}
+    for base in bases:
+        merged = deep_merge(merged, load_raw(base, (*_chain, path)))
+    return deep_merge(merged, data)
+
+
+def apply_overrides(data: dict, overrides: Iterable[str], source: str = "--set") -> dict:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a raw recipe mapping."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError([f"{source}: {item!r}: expected key.path=value"])
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise RecipeError([f"{source}: {key}: value {value!r} is not valid YAML"]) from None
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError([f"{source}: {key}: {part} is not a mapping"])
+            node = child
+        node[parts[-1]] = parsed
+    return out
+
+
+def validate(data: dict, source: str) -> Recipe:
+    """Validate a merged mapping; every problem becomes ``source: field.path: message``."""
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{source}: {loc}: {msg}")
+        raise RecipeError(problems) from None
+
+
+def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
+    """Load, merge, override and validate a recipe."""
+    path = resolve_path(name_or_path)
+    data = apply_overrides(load_raw(path), overrides)
+    return validate(data, str(path))
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "checkpoint") -> Recipe:
+    """Rebuild a recipe stored inside a checkpoint or report."""
+    return validate(data, source)
+
+
+def dump_yaml(recipe: Recipe) -> str:
+    """The fully resolved recipe as YAML (round-trips through ``load_recipe``)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

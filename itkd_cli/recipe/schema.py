@@ -1,0 +1,317 @@
+"""Pydantic schema of a recipe: every width, weight and path of a job lives here.
+
+Every field carries a description; `itkd recipe show` and the CLI help are generated from them.
+Unknown keys are rejected (``extra="forbid"``) so typos never pass silently.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NUSCENES_CLASSES: tuple[str, ...] = (
+    "car", "truck", "construction_vehicle", "bus", "trailer",
+    "barrier", "motorcycle", "bicycle", "pedestrian", "traffic_cone",
+)
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors; values are re-validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------------------- data
+class AugmentConfig(Strict):
+    rotation: tuple[float, float] = Field((-0.785398, 0.785398), description="Global yaw rotation range (rad).")
+    scale: tuple[float, float] = Field((0.95, 1.05), description="Global scaling range.")
+    flip_x: bool = Field(True, description="Random flip across the x axis (y -> -y).")
+    flip_y: bool = Field(True, description="Random flip across the y axis (x -> -x).")
+    translate_std: float = Field(0.0, ge=0, description="Std (m) of a global translation noise.")
+    gt_sampling: bool = Field(False, description="Paste objects from the ground-truth database.")
+    gt_sampling_per_class: int = Field(2, ge=0, description="Max objects pasted per class and frame.")
+
+
+class DatasetConfig(Strict):
+    kind: Literal["nuscenes"] = Field("nuscenes", description="Dataset reader (nuScenes format).")
+    root: str = Field("data/synth", description="Dataset root folder (holds <version>/ tables, samples/, sweeps/).")
+    version: str = Field("v1.0-synth", description="nuScenes version folder, e.g. v1.0-mini, v1.0-trainval.")
+    train_split: str = Field("train", description="Split for training (built-in devkit name or a key of splits.json).")
+    val_split: str = Field("val", description="Split for evaluation.")
+    sweeps: int = Field(1, ge=1, le=20, description="LiDAR sweeps per frame, the keyframe included.")
+    max_sweep_lag: float = Field(0.55, gt=0, description="Oldest sweep allowed (s) before the keyframe.")
+    class_names: list[str] = Field(list(NUSCENES_CLASSES), min_length=1, description="Detection classes, in label order.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Training-time augmentation.")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes.")
+    cache_dir: Optional[str] = Field(None, description="Info-cache folder; default <root>/itkd_cache.")
+
+
+# ---------------------------------------------------------------------------------------- model
+class GridConfig(Strict):
+    point_range: tuple[float, float, float, float, float, float] = Field(
+        ..., description="x_min, y_min, z_min, x_max, y_max, z_max (m) in the LiDAR frame.")
+    voxel_size: tuple[float, float, float] = Field(..., description="Voxel/pillar size x, y, z (m).")
+    max_points_per_voxel: int = Field(..., ge=1, description="Points kept per voxel/pillar.")
+    max_voxels_train: int = Field(..., ge=1, description="Voxels kept per training frame.")
+    max_voxels_eval: int = Field(..., ge=1, description="Voxels kept per evaluation frame.")
+
+    @model_validator(mode="after")
+    def _check_range(self) -> "GridConfig":
+        lo, hi = self.point_range[:3], self.point_range[3:]
+        for axis, a, b, v in zip("xyz", lo, hi, self.voxel_size):
+            if b <= a:
+                raise ValueError(f"point_range: {axis}_max must exceed {axis}_min")
+            if v <= 0:
+                raise ValueError(f"voxel_size: {axis} must be positive")
+            cells = (b - a) / v
+            if abs(cells - round(cells)) > 1e-4:
+                raise ValueError(f"point_range/voxel_size: {axis} extent {b - a:g} m is not a multiple of {v:g} m")
+        return self
+
+    @property
+    def grid_size(self) -> tuple[int, int, int]:
+        """Cells along x, y, z."""
+        return tuple(int(round((self.point_range[i + 3] - self.point_range[i]) / self.voxel_size[i])) for i in range(3))
+
+
+class PillarVFEConfig(Strict):
+    kind: Literal["pillar"] = "pillar"
+    filters: list[int] = Field([64, 64], min_length=1, description="PFN layer widths; the last is the BEV width.")
+
+
+class MeanVFEConfig(Strict):
+    kind: Literal["mean"] = "mean"
+
+
+VFEConfig = Annotated[Union[PillarVFEConfig, MeanVFEConfig], Field(discriminator="kind")]
+
+
+class Backbone3DConfig(Strict):
+    kind: Literal["res", "plain"] = Field("res", description="VoxelResBackBone8x (res) or VoxelBackBone8x (plain).")
+    filters: tuple[int, int, int, int, int] = Field(
+        (16, 16, 32, 64, 128), description="conv_input, conv1..conv4 widths.")
+    out_channels: int = Field(128, ge=1, description="conv_out width (BEV width = out_channels x z-cells).")
+
+
+class Backbone2DConfig(Strict):
+    layer_nums: list[int] = Field(..., min_length=1, description="3x3 convs per block after the first.")
+    layer_strides: list[int] = Field(..., description="Stride of each block's first conv.")
+    num_filters: list[int] = Field(..., description="Width of each block.")
+    upsample_strides: list[float] = Field(..., description="Deblock strides (fractions down-sample).")
+    num_upsample_filters: list[int] = Field(..., description="Width of each deblock; their sum is the BEV map width.")
+    use_conv_for_no_stride: bool = Field(False, description="Stride-1 deblocks as Conv2d instead of ConvTranspose2d.")
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> "Backbone2DConfig":
+        n = len(self.layer_nums)
+        for name in ("layer_strides", "num_filters", "upsample_strides", "num_upsample_filters"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name}: needs {n} entries like layer_nums")
+        return self
+
+
+class HeadConfig(Strict):
+    tasks: list[list[str]] = Field(..., min_length=1, description="Class names of each task head.")
+    shared_conv_channels: int = Field(64, ge=1, description="Width of the shared 3x3 conv.")
+    head_conv_channels: int = Field(64, ge=1, description="Width of each branch's hidden 3x3 conv.")
+    num_head_convs: int = Field(2, ge=1, description="Convs per branch (hidden + output).")
+    with_velocity: bool = Field(True, description="Predict (vx, vy) (nuScenes).")
+    hm_init_bias: float = Field(-2.19, description="Initial bias of heatmap outputs.")
+    gaussian_overlap: float = Field(0.1, gt=0, lt=1, description="Target heatmap gaussian overlap.")
+    min_radius: int = Field(2, ge=0, description="Minimum gaussian radius (cells).")
+    max_objects: int = Field(500, ge=1, description="Object slots per frame and task.")
+    code_weights: list[float] = Field(
+        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2],
+        description="Regression weights of [dx, dy, z, log dims x3, cos, sin, vx, vy].")
+    cls_weight: float = Field(1.0, ge=0, description="Heatmap (focal) loss weight.")
+    loc_weight: float = Field(0.25, ge=0, description="Box regression loss weight.")
+
+    @property
+    def code_size(self) -> int:
+        return 10 if self.with_velocity else 8
+
+    @model_validator(mode="after")
+    def _check(self) -> "HeadConfig":
+        if len(self.code_weights) != self.code_size:
+            raise ValueError(f"code_weights: needs {self.code_size} entries (with_velocity={self.with_velocity})")
+        for i, task in enumerate(self.tasks):
+            if not task:
+                raise ValueError(f"tasks.{i}: empty task")
+        return self
+
+
+class PostProcessConfig(Strict):
+    score_threshold: float = Field(0.1, ge=0, le=1, description="Drop boxes scoring below this.")
+    pre_max: int = Field(1000, ge=1, description="Top-K peaks per task before NMS.")
+    post_max: int = Field(83, ge=1, description="Boxes kept per task after NMS.")
+    nms: Literal["rotated", "circle", "none"] = Field("rotated", description="NMS kind inside each task.")
+    nms_iou: float = Field(0.2, ge=0, le=1, description="Rotated BEV IoU threshold.")
+    circle_radius: float = Field(4.0, gt=0, description="Circle-NMS centre distance (m).")
+    limit_range: tuple[float, float, float, float, float, float] = Field(
+        (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0), description="Boxes outside are dropped.")
+
+
+class ModelConfig(Strict):
+    num_point_features: int = Field(5, ge=3, description="Per-point features: x, y, z, intensity, time lag.")
+    grid: GridConfig = Field(..., description="Voxel grid.")
+    vfe: VFEConfig = Field(..., description="Point encoder: pillar (PillarVFE + scatter) or mean (MeanVFE + sparse 3D).")
+    backbone_3d: Optional[Backbone3DConfig] = Field(None, description="Sparse 3D backbone (voxel models only).")
+    backbone_2d: Backbone2DConfig = Field(..., description="BEV neck.")
+    head: HeadConfig = Field(..., description="CenterHead.")
+    post: PostProcessConfig = Field(default_factory=PostProcessConfig, description="Decoding and NMS.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        nz = self.grid.grid_size[2]
+        if self.vfe.kind == "pillar":
+            if self.backbone_3d is not None:
+                raise ValueError("backbone_3d: pillar models have no sparse 3D backbone (remove it)")
+            if nz != 1:
+                raise ValueError(f"grid.voxel_size: pillar models need one z cell, got {nz}")
+        else:
+            if self.backbone_3d is None:
+                raise ValueError("backbone_3d: required when vfe.kind is 'mean'")
+            if self.bev_z_cells < 1:
+                raise ValueError(f"grid: {nz} z cells leave no height after the 8x sparse backbone")
+        strides = [s * u for s, u in zip(self.backbone_2d.cumulative_strides, self.backbone_2d.upsample_strides)]
+        if any(abs(s - strides[0]) > 1e-6 for s in strides):
+            raise ValueError("backbone_2d: every deblock must end at the same resolution (stride x upsample)")
+        nx, ny, _ = self.grid.grid_size
+        if nx % self.feature_map_stride or ny % self.feature_map_stride:
+            raise ValueError(f"grid: {nx}x{ny} cells not divisible by the head stride {self.feature_map_stride}")
+        return self
+
+    @property
+    def bev_z_cells(self) -> int:
+        """Height cells left after the sparse backbone (HeightCompression stacks them)."""
+        nz = self.grid.grid_size[2]
+        if self.vfe.kind == "pillar":
+            return 1
+        # VoxelBackBone8x: z: conv2/3/4 stride 2 with padding 1 ((n-1)//2+1), conv_out k3 s2 p0.
+        for _ in range(3):
+            nz = (nz - 1) // 2 + 1
+        return (nz - 3) // 2 + 1
+
+    @property
+    def bev_in_channels(self) -> int:
+        """Width of the BEV map entering the neck."""
+        if self.vfe.kind == "pillar":
+            return self.vfe.filters[-1]
+        return self.backbone_3d.out_channels * self.bev_z_cells
+
+    @property
+    def bev_out_channels(self) -> int:
+        """Width of the neck output M (the distillation tap)."""
+        return sum(self.backbone_2d.num_upsample_filters)
+
+    @property
+    def feature_map_stride(self) -> int:
+        """Grid cells per head cell."""
+        enc = 1 if self.vfe.kind == "pillar" else 8
+        out = self.backbone_2d.cumulative_strides[0] / self.backbone_2d.upsample_strides[0]
+        return int(round(enc * out))
+
+    @property
+    def head_map_size(self) -> tuple[int, int]:
+        """(H, W) of the head maps: (ny, nx) / stride."""
+        nx, ny, _ = self.grid.grid_size
+        return ny // self.feature_map_stride, nx // self.feature_map_stride
+
+
+def _cumulative(strides: list[int]) -> list[int]:
+    out, acc = [], 1
+    for s in strides:
+        acc *= s
+        out.append(acc)
+    return out
+
+
+Backbone2DConfig.cumulative_strides = property(lambda self: _cumulative(self.layer_strides))  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------- student / distillation
+class StudentConfig(Strict):
+    ratio: float = Field(0.25, gt=0, le=1, description="Student width as a fraction of the teacher's.")
+    policy: Literal["neck", "full"] = Field(
+        "neck", description="neck: scale only the 2D neck (itKD paper); full: also 3D backbone, BEV and head shared conv (SparseKD).")
+    init_from_teacher: bool = Field(False, description="Initialise the student from teacher weights by channel selection.")
+
+
+class ItkdLossConfig(Strict):
+    lam: float = Field(0.5, ge=0, le=1, description="lambda: L = lam * KD + (1 - lam) * L_det.")
+    w_cr: float = Field(1.0, ge=0, description="Weight of the compressed-representation loss (0 disables).")
+    w_it: float = Field(1.0, ge=0, description="Weight of the interchange-transfer loss (0 disables).")
+    w_head: float = Field(1.0, ge=0, description="Weight of the head relation-aware attention loss (0 disables).")
+    latent_ratio: float = Field(0.25, gt=0, le=1, description="Autoencoder latent width / teacher BEV width.")
+    hidden_layers: int = Field(2, ge=0, description="Hidden 1x1 layers between input and latent (widths halve).")
+    detach_student_target: bool = Field(False, description="Detach M_s as the target of the T->S crossing.")
+    head_fusion_guard: Literal["normalize", "frozen", "none"] = Field(
+        "normalize", description="How the shared head-attention fusion conv is kept from collapsing to zero.")
+
+
+class BaselineLossConfig(Strict):
+    lam: float = Field(0.5, ge=0, le=1, description="lambda: L = lam * KD + (1 - lam) * L_det.")
+    temperature: float = Field(2.0, gt=0, description="hinton: softening temperature of the heatmaps.")
+    fg_threshold: float = Field(0.1, ge=0, le=1, description="sparsekd: teacher heatmap score marking foreground.")
+    label_score: float = Field(0.3, ge=0, le=1, description="sparsekd: teacher boxes above this become labels.")
+
+
+class DistillConfig(Strict):
+    method: Literal["itkd", "none", "hinton", "fitnet", "sparsekd"] = Field("itkd", description="Distillation method.")
+    itkd: ItkdLossConfig = Field(default_factory=ItkdLossConfig, description="itKD settings.")
+    baseline: BaselineLossConfig = Field(default_factory=BaselineLossConfig, description="Baseline KD settings.")
+
+
+# ----------------------------------------------------------------------------------- training
+class TrainConfig(Strict):
+    epochs: int = Field(20, ge=1, description="Passes over the training split.")
+    batch_size: int = Field(4, ge=1, description="Frames per step.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate of the one-cycle schedule.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    div_factor: float = Field(10.0, gt=0, description="One-cycle initial lr = lr / div_factor.")
+    pct_start: float = Field(0.4, gt=0, lt=1, description="Fraction of steps spent warming up.")
+    momentum: tuple[float, float] = Field((0.95, 0.85), description="One-cycle beta1 range (max, min).")
+    grad_clip: float = Field(35.0, gt=0, description="Gradient-norm clip.")
+    amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
+    seed: int = Field(0, description="Random seed (data order, augmentation, init).")
+    eval_every: int = Field(0, ge=0, description="Evaluate on val every N epochs (0: only at the end).")
+    log_every: int = Field(10, ge=1, description="Steps between log lines.")
+    max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many steps (smoke runs).")
+
+
+class EvalConfig(Strict):
+    batch_size: int = Field(4, ge=1, description="Frames per inference step.")
+    max_frames: Optional[int] = Field(None, ge=1, description="Evaluate only the first N frames of the split.")
+    dist_config: Literal["detection_cvpr_2019"] = Field("detection_cvpr_2019", description="nuScenes eval config.")
+
+
+class ExportConfig(Strict):
+    opset: int = Field(17, ge=11, description="ONNX opset.")
+    atol: float = Field(1e-3, gt=0, description="Max abs difference allowed between PyTorch and onnxruntime.")
+    with_decode: bool = Field(False, description="Include top-K decoding so the graph returns boxes.")
+
+
+class Recipe(Strict):
+    description: str = Field("", description="One line shown by `itkd recipe ls`.")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig, description="Where frames come from.")
+    model: ModelConfig = Field(..., description="Teacher architecture (the student derives from it).")
+    student: StudentConfig = Field(default_factory=StudentConfig, description="Student derivation.")
+    distill: DistillConfig = Field(default_factory=DistillConfig, description="Distillation method and weights.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation and schedule.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="ONNX export.")
+
+    @model_validator(mode="after")
+    def _classes_covered(self) -> "Recipe":
+        head_classes = [c for task in self.model.head.tasks for c in task]
+        unknown = [c for c in head_classes if c not in self.dataset.class_names]
+        if unknown:
+            raise ValueError(f"model.head.tasks: classes not in dataset.class_names: {unknown}")
+        missing = [c for c in self.dataset.class_names if c not in head_classes]
+        if missing:
+            raise ValueError(f"model.head.tasks: no task head predicts {missing}")
+        dup = sorted({c for c in head_classes if head_classes.count(c) > 1})
+        if dup:
+            raise ValueError(f"model.head.tasks: classes in more than one task: {dup}")
+        return self
