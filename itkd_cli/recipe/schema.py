@@ -174,7 +174,7 @@ class ModelConfig(Strict):
                 raise ValueError("backbone_3d: required when vfe.kind is 'mean'")
             if self.bev_z_cells < 1:
                 raise ValueError(f"grid: {nz} z cells leave no height after the 8x sparse backbone")
-        strides = [s * u for s, u in zip(self.backbone_2d.cumulative_strides, self.backbone_2d.upsample_strides)]
+        strides = [s / u for s, u in zip(self.backbone_2d.cumulative_strides, self.backbone_2d.upsample_strides)]
         if any(abs(s - strides[0]) > 1e-6 for s in strides):
             raise ValueError("backbone_2d: every deblock must end at the same resolution (stride x upsample)")
         nx, ny, _ = self.grid.grid_size
