@@ -22,6 +22,7 @@ app = typer.Typer(
 # Each module exposes `app` (a Typer group) or `register(app)` (top-level commands).
 COMMAND_MODULES: list[tuple[str, Optional[str]]] = [
     ("itkd_cli.cli.recipe_cmd", "recipe"),
+    ("itkd_cli.cli.data_cmd", "data"),
 ]
 
 
