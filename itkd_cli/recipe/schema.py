@@ -34,7 +34,7 @@ class AugmentConfig(Strict):
 
 
 class DatasetConfig(Strict):
-    kind: Literal["nuscenes"] = Field("nuscenes", description="Dataset reader (nuScenes format).")
+    kind: Literal["nuscenes", "waymo"] = Field("nuscenes", description="Dataset format (nuscenes: read and evaluated here; waymo: metrics only).")
     root: str = Field("data/synth", description="Dataset root folder (holds <version>/ tables, samples/, sweeps/).")
     version: str = Field("v1.0-synth", description="nuScenes version folder, e.g. v1.0-mini, v1.0-trainval.")
     train_split: str = Field("train", description="Split for training (built-in devkit name or a key of splits.json).")
@@ -185,13 +185,16 @@ class ModelConfig(Strict):
     @property
     def bev_z_cells(self) -> int:
         """Height cells left after the sparse backbone (HeightCompression stacks them)."""
-        nz = self.grid.grid_size[2]
         if self.vfe.kind == "pillar":
             return 1
-        # VoxelBackBone8x: z: conv2/3/4 stride 2 with padding 1 ((n-1)//2+1), conv_out k3 s2 p0.
-        for _ in range(3):
+        # OpenPCDet VoxelBackBone8x / VoxelResBackBone8x: the sparse shape has nz + 1 z cells;
+        # conv2/conv3 k3 s2 p1 -> (n-1)//2+1; conv4 k3 s2 pad_z 0 and conv_out k3 s2 p0 -> (n-3)//2+1.
+        nz = self.grid.grid_size[2] + 1
+        for _ in range(2):
             nz = (nz - 1) // 2 + 1
-        return (nz - 3) // 2 + 1
+        for _ in range(2):
+            nz = (nz - 3) // 2 + 1
+        return nz
 
     @property
     def bev_in_channels(self) -> int:

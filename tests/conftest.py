@@ -1,0 +1,33 @@
+"""Shared test fixtures: paths to the repo, to ../shared, and a CLI runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture()
+def shared_dir() -> Path:
+    """The team's read-only fixtures folder beside the checkout; skip when it is absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is absent (real fixtures live beside the checkout, never inside it)")
+    return SHARED
+
+
+@pytest.fixture()
+def cli():
+    """Invoke `itkd` in-process: returns a function(args) -> click Result."""
+    from typer.testing import CliRunner
+
+    from itkd_cli.cli.main import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
