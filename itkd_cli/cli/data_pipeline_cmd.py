@@ -1,7 +1,82 @@
-"""Commands of `itkd data` (filled in by the data work)."""
+"""`itkd data prepare` (info caches + GT database) and `itkd data inspect` (counts, point checks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
 
 import typer
+from rich.table import Table
+
+from itkd_cli.cli.common import JsonOpt, SetOpt, console, emit_json, handle_errors, say
+from itkd_cli.core.errors import ItkdError
+
+RecipeOpt = typer.Option(..., "--recipe", help="Recipe name or path (dataset.* says what to prepare).")
+
+
+def prepare(recipe: str = RecipeOpt, overrides: List[str] = SetOpt, json_out: bool = JsonOpt) -> None:
+    """Build the info caches of the train and val splits and the GT database of the train split."""
+    from itkd_cli.data.cache import build_infos, cache_dir, describe, write_infos
+    from itkd_cli.data.gt_database import build_gt_database, db_path
+    from itkd_cli.recipe.load import load_recipe
+
+    cfg = load_recipe(recipe, overrides).dataset
+    if cfg.kind != "nuscenes":
+        raise ItkdError(f"dataset.kind: {cfg.kind!r} cannot be prepared here (only nuscenes-format data)")
+    result: dict = {"cache_dir": str(cache_dir(cfg)), "splits": {}}
+    train_infos: list = []
+    for split in dict.fromkeys([cfg.train_split, cfg.val_split]):
+        say(f"indexing split [bold]{split}[/] of {Path(cfg.root) / cfg.version}")
+        infos = build_infos(cfg, split)
+        path = write_infos(cfg, split, infos)
+        result["splits"][split] = {"infos": str(path), **describe(infos)}
+        if split == cfg.train_split:
+            train_infos = infos
+    out = db_path(cache_dir(cfg), cfg.version, cfg.train_split)
+    say(f"cutting GT database objects from {len(train_infos)} frames")
+    counts = build_gt_database(cfg, train_infos, out)
+    result["gt_database"] = {"path": str(out), "objects": counts}
+    if json_out:
+        emit_json(result)
+        return
+    table = Table("split", "frames", "boxes", "info cache", title="itkd data prepare")
+    for split, info in result["splits"].items():
+        table.add_row(split, str(info["frames"]), str(sum(info["boxes"].values())), info["infos"])
+    console.print(table)
+    say(f"GT database: {sum(counts.values())} objects -> {out}")
+
+
+def inspect(
+    dataset: str = typer.Option("nuscenes", "--dataset", help="Dataset format (only nuscenes)."),
+    data_root: Path = typer.Option(..., "--data-root", help="Dataset root folder."),
+    version: str = typer.Option(..., "--version", help="Version folder, e.g. v1.0-mini."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split name (default: every sample)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Frames, boxes per class, and points found in each box vs the table's num_lidar_pts."""
+    from itkd_cli.data.inspect import inspect_dataset
+
+    if dataset != "nuscenes":
+        raise ItkdError(f"--dataset: {dataset!r} is not supported (only nuscenes)")
+    result = inspect_dataset(data_root, version, split)
+    if json_out:
+        emit_json(result)
+        return
+    table = Table("class", "boxes", title=f"{data_root / version} ({split or 'all samples'}): {result['frames']} frames")
+    for name, n in result["boxes"].items():
+        table.add_row(name, str(n))
+    console.print(table)
+    rows = Table("annotation", "class", "num_lidar_pts", "points found", title="annotations whose counts differ")
+    for ann in result["annotations"]:
+        if ann["num_lidar_pts"] != ann["points_found"]:
+            rows.add_row(ann["token"], ann["class"], str(ann["num_lidar_pts"]), str(ann["points_found"]))
+    if rows.row_count:
+        console.print(rows)
+    say(f"in-box point counts: {result['exact']}/{result['total']} exact, "
+        f"{result['within_2']}/{result['total']} within 2 points of num_lidar_pts")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `itkd data` group."""
+    app.command("prepare")(handle_errors(prepare))
+    app.command("inspect")(handle_errors(inspect))

@@ -1,7 +1,50 @@
-"""Commands of `itkd data` (filled in by the data work)."""
+"""`itkd data synth`: write the embedded synthetic LiDAR world as a nuScenes dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from itkd_cli.cli.common import STATE, JsonOpt, console, emit_json, handle_errors, say
+from itkd_cli.data.synth import PRESETS, generate
+
+
+def _print_summary(summary: dict) -> None:
+    """Human-readable result on stderr."""
+    if summary["reused"]:
+        say(f"[green]already there[/]: {summary['out']} holds this dataset (same preset, size and seed); reused")
+    table = Table(title=f"{summary['out']}/{summary['version']}", show_header=False)
+    for key in ("preset", "seed", "scenes", "frames", "keyframes", "sweeps", "annotations", "points_per_keyframe",
+                "splits", "seconds"):
+        table.add_row(key, str(summary[key]))
+    if not STATE["quiet"]:
+        console.print(table)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `itkd data` group."""
+
+    @app.command("synth")
+    @handle_errors
+    def synth(
+        out: Path = typer.Option(..., "--out", help="Dataset root to create (new, empty, or a previous run)."),
+        scenes: Optional[int] = typer.Option(None, "--scenes", help="Number of scenes (default: the preset's)."),
+        frames: Optional[int] = typer.Option(None, "--frames", help="Keyframes per scene (default: the preset's)."),
+        seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes byte-identical files."),
+        preset: str = typer.Option("default", "--preset", help=f"World size: {', '.join(PRESETS)}."),
+        json_out: bool = JsonOpt,
+    ) -> None:
+        """Render a procedural street with a simulated 32-beam LiDAR into nuScenes format (v1.0-synth)."""
+        columns = (TextColumn("rendering sweeps"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=console, transient=True, disable=STATE["quiet"]) as progress:
+            task = progress.add_task("synth", total=None)
+            summary = generate(out, scenes=scenes, frames=frames, seed=seed, preset=preset,
+                               progress=lambda done, total: progress.update(task, completed=done, total=total))
+        if json_out:
+            emit_json(summary)
+        else:
+            _print_summary(summary)

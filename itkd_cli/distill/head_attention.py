@@ -1,0 +1,161 @@
+"""Head relation-aware self-attention loss (itKD sec. 4).
+
+Per task head the outputs (hm, center, center_z, dim, rot[, vel]) are concatenated into X
+(B, N, C) at the ground-truth centres. A parameter-free attention over channels relates them:
+inter-head over all C channels, intra-head inside each head's own channel block. A learned fusion
+(one per task head, shared by teacher and student) maps concat(inter, intra) (2C) back to C, and
+the loss is the L1 distance of the fused student and teacher rows per valid object.
+
+Heatmap form (defect 4 of the public code): BOTH sides use sigmoid probabilities, computed out of
+place, so the channels share the [0, 1] scale of the other branches and the detection loss keeps
+its logits untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from itkd_cli.core.errors import ItkdError
+from itkd_cli.core.types import REG_HEADS, VEL_HEAD, TaskHeadOutput
+from itkd_cli.distill.losses import gather_at_centres
+
+GUARDS = ("normalize", "frozen", "none")
+
+
+def head_splits(n_classes: int, with_velocity: bool) -> tuple[int, ...]:
+    """Channel blocks of one task head: (n_cls, 2, 1, 3, 2[, 2]) from core.types' head layout."""
+    sizes = [n_classes] + [c for _, c in REG_HEADS]
+    return tuple(sizes + [VEL_HEAD[1]] if with_velocity else sizes)
+
+
+def head_features(task: TaskHeadOutput, with_velocity: bool) -> Tensor:
+    """Concatenate one task head's outputs, heatmap as sigmoid probabilities (never in place).
+
+    Args:
+        task: Head outputs, maps (B, *, H, W).
+        with_velocity: Whether the head has a velocity branch.
+
+    Returns:
+        (B, C, H, W) with C = sum(head_splits(n_cls, with_velocity)).
+    """
+    if with_velocity != (task.vel is not None):
+        raise ItkdError(f"model.head.with_velocity: {with_velocity} but the head output "
+                        f"{'has no' if task.vel is None else 'has a'} velocity branch")
+    parts = [torch.sigmoid(task.hm), task.center, task.center_z, task.dim, task.rot]
+    if task.vel is not None:
+        parts.append(task.vel)
+    return torch.cat(parts, dim=1)
+
+
+def relation_attention(x: Tensor, n_valid: Tensor) -> Tensor:
+    """Parameter-free channel self-attention with Q = K = V = X.
+
+    scores = X^T X / sqrt(N) (C x C); each output channel j is a convex combination of the input
+    channels weighted by softmax_i(scores[i, j]) (softmax over the input-channel axis, as the
+    public code), i.e. out = X . softmax(scores). N is the number of VALID objects of the frame
+    (padded rows are zero and add nothing to X^T X), so max_objects does not change the result.
+
+    Args:
+        x: (B, N, C) features at object centres, padded rows zero.
+        n_valid: (B,) valid objects per frame.
+
+    Returns:
+        (B, N, C); padded rows stay zero.
+    """
+    scale = n_valid.clamp(min=1).to(x.dtype).sqrt().view(-1, 1, 1)
+    scores = torch.matmul(x.transpose(1, 2), x) / scale  # (B, C, C)
+    return torch.matmul(x, F.softmax(scores, dim=1))
+
+
+def inter_intra(x: Tensor, splits: Sequence[int], n_valid: Tensor) -> Tensor:
+    """concat(inter-head attention over all C, intra-head attention per channel block).
+
+    Args:
+        x: (B, N, C) with C = sum(splits).
+        splits: Channel block size of each head branch.
+        n_valid: (B,) valid objects per frame.
+
+    Returns:
+        (B, N, 2C).
+    """
+    if x.shape[-1] != sum(splits):
+        raise ItkdError(f"model.head: head outputs have {x.shape[-1]} channels, config implies {sum(splits)}")
+    inter = relation_attention(x, n_valid)
+    intra = torch.cat([relation_attention(blk, n_valid) for blk in torch.split(x, list(splits), dim=-1)], dim=-1)
+    return torch.cat([inter, intra], dim=-1)
+
+
+class HeadFusion(nn.Module):
+    """Learned 1x1 Conv1d 2C -> C fusing inter and intra attention; shared by teacher and student.
+
+    Guard against the fusion collapsing to cheat the loss (both sides go through the same conv,
+    so any map that kills its input, or cancels inter against intra, zeroes the loss):
+      - ``normalize``: no bias; the weight is normalised to W = [diag(a) | diag(1 - a)] with
+        a = sigmoid(theta) per channel, i.e. each output channel is a learned CONVEX combination of
+        its inter and intra relation. Its scale cannot shrink (weights sum to 1), it cannot
+        subtract intra from inter, and it keeps one output per channel (no rank collapse).
+        Starts at a = 1/2.
+      - ``frozen``: fixed [I | I] / 2 (mean of inter and intra), a buffer, never trained.
+      - ``none``: plain learned Conv1d with bias (the public code; it collapses, see the tests).
+
+    Args:
+        channels: C of the task head.
+        guard: One of ``GUARDS``.
+    """
+
+    def __init__(self, channels: int, guard: str) -> None:
+        super().__init__()
+        if guard not in GUARDS:
+            raise ItkdError(f"distill.itkd.head_fusion_guard: unknown guard {guard!r}", hint=f"one of {GUARDS}")
+        self.guard = guard
+        eye = torch.eye(channels)
+        if guard == "none":
+            self.conv = nn.Conv1d(2 * channels, channels, kernel_size=1)
+        elif guard == "frozen":
+            self.register_buffer("fixed_weight", torch.cat([eye, eye], dim=1) / 2.0)
+        else:
+            self.mix_logit = nn.Parameter(torch.zeros(channels))
+
+    def weight(self) -> Tensor:
+        """Effective fusion matrix (C, 2C)."""
+        if self.guard == "none":
+            return self.conv.weight.squeeze(-1)
+        if self.guard == "frozen":
+            return self.fixed_weight
+        a = torch.sigmoid(self.mix_logit)
+        return torch.cat([torch.diag(a), torch.diag(1.0 - a)], dim=1)
+
+    def forward(self, u: Tensor) -> Tensor:
+        """Fuse (B, N, 2C) -> (B, N, C)."""
+        if self.guard == "none":
+            return self.conv(u.transpose(1, 2)).transpose(1, 2)
+        return torch.matmul(u, self.weight().transpose(0, 1))
+
+
+def head_attention_sum(student: TaskHeadOutput, teacher: TaskHeadOutput, ind: Tensor, mask: Tensor,
+                       fusion: HeadFusion, splits: Sequence[int], with_velocity: bool) -> Tensor:
+    """Summed L1 between fused student and teacher rows of ONE task head, valid objects only.
+
+    Args:
+        student: Student head outputs, maps (B, *, H, W).
+        teacher: Teacher head outputs (detached here).
+        ind: (B, M) centre indices of this task's objects.
+        mask: (B, M) bool.
+        fusion: This task's shared fusion module.
+        splits: Channel blocks (see ``head_splits``).
+        with_velocity: Whether the head has a velocity branch.
+
+    Returns:
+        Scalar: sum over valid objects and channels of |fused_s - fused_t| (divide by the number of
+        valid objects of ALL tasks to get the loss).
+    """
+    n_valid = mask.sum(dim=1)
+    x_s = gather_at_centres(head_features(student, with_velocity), ind, mask)
+    x_t = gather_at_centres(head_features(teacher, with_velocity).detach(), ind, mask)
+    f_s = fusion(inter_intra(x_s, splits, n_valid))
+    f_t = fusion(inter_intra(x_t, splits, n_valid))
+    return ((f_s - f_t).abs() * mask.unsqueeze(-1).to(f_s.dtype)).sum()

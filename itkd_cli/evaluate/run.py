@@ -1,0 +1,142 @@
+"""Inference over a split + official nuScenes evaluation (CLI `itkd eval` and the training callback)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from itkd_cli.core.errors import ItkdError
+from itkd_cli.core.io import write_json
+from itkd_cli.core.types import Batch, Detections
+from itkd_cli.evaluate.decode import decode
+from itkd_cli.evaluate.nuscenes_eval import check_class_names, run_detection_eval, split_sample_tokens, write_results
+from itkd_cli.recipe.schema import ModelConfig, Recipe
+
+RESULTS_FILE = "results_nusc.json"
+METRICS_FILE = "metrics.json"
+
+
+def load_model(checkpoint: Union[str, Path], recipe: Optional[Recipe] = None) -> tuple[nn.Module, Recipe]:
+    """Build the network stored in one of our checkpoints and fill its weights.
+
+    Args:
+        checkpoint: our checkpoint (.pth / .safetensors) holding its recipe.
+        recipe: use this recipe instead of the stored one (its model must match the weights).
+
+    Returns:
+        (model in eval mode on CPU, recipe used).
+
+    Raises:
+        ItkdError: missing/unreadable file or weights that do not fit.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ItkdError(f"{path}: checkpoint not found", hint="pass the .pth written by `itkd train`/`itkd compress`")
+    from itkd_cli.models.build import build_model  # imports spconv: only once the file exists
+    from itkd_cli.models.checkpoint import load_into, read_ours
+
+    _, stored = read_ours(path)
+    recipe = recipe or stored
+    model = build_model(recipe.model)
+    load_into(model, path, strict=True)
+    return model.eval(), recipe
+
+
+def _to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (batch.voxels.to(device, non_blocking=True), batch.num_points.to(device, non_blocking=True),
+            batch.coords.to(device, non_blocking=True))
+
+
+@torch.no_grad()
+def predict_split(model: nn.Module, recipe: Recipe, split: str, model_cfg: Optional[ModelConfig] = None,
+                  max_frames: Optional[int] = None,
+                  progress: Optional[Callable[[int, int], None]] = None) -> tuple[dict[str, Detections], Any]:
+    """Run the model over a split (no augmentation) and decode boxes per frame.
+
+    Args:
+        model: CenterPoint; its device is used; its train/eval mode is restored afterwards.
+        recipe: dataset and eval settings.
+        split: split name.
+        model_cfg: the network's config (a student's); default recipe.model. Decoding uses its grid/post.
+        max_frames: stop after this many frames (first frames of the split, in dataset order).
+        progress: called with (frames done, frames total).
+
+    Returns:
+        (sample token -> Detections on CPU, the NuScenesDataset (for poses)).
+    """
+    from itkd_cli.data.loader import build_loader
+
+    model_cfg = model_cfg or recipe.model
+    loader = build_loader(recipe, split, train=False, batch_size=recipe.eval.batch_size, shuffle=False,
+                          seed=recipe.train.seed)
+    total = len(loader.dataset) if max_frames is None else min(max_frames, len(loader.dataset))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: dict[str, Detections] = {}
+    try:
+        for batch in loader:
+            pred = model(*_to_device(batch, device), batch.batch_size)
+            for token, det in zip(batch.tokens, decode(pred, model_cfg, recipe.dataset.class_names)):
+                if len(out) < total:
+                    out[token] = Detections(det.boxes.cpu(), det.scores.cpu(), det.labels.cpu())
+            if progress is not None:
+                progress(len(out), total)
+            if len(out) >= total:
+                break
+    finally:
+        model.train(was_training)
+    return out, loader.dataset
+
+
+def evaluate_nuscenes(recipe: Recipe, model: Union[nn.Module, str, Path], out_dir: Union[str, Path],
+                      split: Optional[str] = None, max_frames: Optional[int] = None,
+                      model_cfg: Optional[ModelConfig] = None, render_curves: bool = True,
+                      progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
+    """Inference + nuScenes submission JSON + official DetectionEval.
+
+    Usable as the training loop's periodic-eval callback: pass the in-memory model (its mode is kept).
+
+    Args:
+        recipe: dataset / eval settings (dataset.kind must be nuscenes).
+        model: a CenterPoint in memory, or the path of one of our checkpoints.
+        out_dir: results_nusc.json, metrics.json and the devkit's metrics_summary.json / plots/ go here.
+        split: devkit split; default recipe.dataset.val_split.
+        max_frames: evaluate only the first N frames (default recipe.eval.max_frames); the devkit's GT is
+            then restricted to those frames and metrics carry "subset": true.
+        model_cfg: the network's config when it differs from recipe.model (student).
+        render_curves: draw the devkit's PR/TP curves.
+        progress: called with (frames done, frames total).
+
+    Returns:
+        metrics: mAP, NDS, mATE..mAAE, per_class, samples, plus run facts.
+    """
+    from itkd_cli.data.infos import open_nuscenes
+
+    if recipe.dataset.kind != "nuscenes":
+        raise ItkdError(f"dataset.kind: {recipe.dataset.kind!r} is not evaluated by evaluate_nuscenes")
+    check_class_names(recipe.dataset.class_names)
+    split = split or recipe.dataset.val_split
+    max_frames = max_frames if max_frames is not None else recipe.eval.max_frames
+    if not isinstance(model, nn.Module):
+        model, _ = load_model(model)
+    out_dir = Path(out_dir)
+    nusc = open_nuscenes(recipe.dataset.root, recipe.dataset.version)
+    all_tokens = split_sample_tokens(nusc, split)
+    start = time.perf_counter()
+    dets, dataset = predict_split(model, recipe, split, model_cfg, max_frames, progress)
+    infer_s = time.perf_counter() - start
+    poses = {tok: dataset.lidar_to_global(tok) for tok in dets}
+    result_path = write_results(out_dir / RESULTS_FILE, dets, poses, recipe.dataset.class_names, all_tokens)
+    subset = len(dets) < len(all_tokens)
+    metrics = run_detection_eval(nusc, result_path, split, out_dir, only_tokens=list(dets) if subset else None,
+                                 render_curves=render_curves, config_name=recipe.eval.dist_config)
+    metrics.update({"dataset": "nuscenes", "version": recipe.dataset.version, "split": split,
+                    "subset": subset, "frames": len(dets), "inference_s": round(infer_s, 3),
+                    "results_file": str(result_path)})
+    write_json(out_dir / METRICS_FILE, metrics)
+    return metrics

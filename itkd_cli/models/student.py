@@ -1,0 +1,57 @@
+"""Derive a narrower student ModelConfig from a teacher's: same grid and BEV resolution, fewer channels."""
+
+from __future__ import annotations
+
+from itkd_cli.core.errors import ItkdError
+from itkd_cli.recipe.schema import ModelConfig
+
+POLICIES = ("neck", "full")
+
+
+def scale_width(channels: int, ratio: float) -> int:
+    """Scale one channel count.
+
+    Multiples of 8 stay multiples of 8 (at least 8, hardware-friendly); other counts round to the
+    nearest integer (at least 1). Never wider than the teacher.
+    """
+    if channels % 8 == 0:
+        return min(channels, max(8, int(round(channels * ratio / 8)) * 8))
+    return min(channels, max(1, int(round(channels * ratio))))
+
+
+def _scale_all(values, ratio: float) -> list[int]:
+    return [scale_width(int(v), ratio) for v in values]
+
+
+def derive_student(model_cfg: ModelConfig, ratio: float, policy: str) -> ModelConfig:
+    """Student architecture for a width ``ratio`` under a width ``policy``.
+
+    Args:
+        model_cfg: the teacher's model section.
+        ratio: width fraction in (0, 1].
+        policy: ``neck`` (itKD paper: only backbone_2d num_filters / num_upsample_filters scale) or
+            ``full`` (SparseKD style: also PFN filters, sparse 3D backbone filters + out_channels,
+            head shared_conv_channels and head_conv_channels; the BEV width follows).
+
+    Returns:
+        A validated ModelConfig with the same grid, strides, tasks and post-processing.
+    """
+    if policy not in POLICIES:
+        raise ItkdError(f"student.policy: unknown width policy {policy!r}", hint=f"choose one of {', '.join(POLICIES)}")
+    if not 0 < ratio <= 1:
+        raise ItkdError(f"student.ratio: {ratio:g} is not in (0, 1]", hint="e.g. 0.5 for a 1/2-width or 0.25 for a 1/4-width student")
+    data = model_cfg.model_dump(mode="python")
+    neck = data["backbone_2d"]
+    neck["num_filters"] = _scale_all(neck["num_filters"], ratio)
+    neck["num_upsample_filters"] = _scale_all(neck["num_upsample_filters"], ratio)
+    if policy == "full":
+        if data["vfe"]["kind"] == "pillar":
+            data["vfe"]["filters"] = _scale_all(data["vfe"]["filters"], ratio)
+        if data.get("backbone_3d") is not None:
+            b3 = data["backbone_3d"]
+            b3["filters"] = tuple(_scale_all(b3["filters"], ratio))
+            b3["out_channels"] = scale_width(b3["out_channels"], ratio)
+        head = data["head"]
+        head["shared_conv_channels"] = scale_width(head["shared_conv_channels"], ratio)
+        head["head_conv_channels"] = scale_width(head["head_conv_channels"], ratio)
+    return ModelConfig.model_validate(data)

@@ -1,0 +1,100 @@
+"""Teacher-vs-student report (markdown + JSON) and training curves (PNG) of a compress run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from itkd_cli.core.io import atomic_path, write_json, write_text
+
+# Rows of the comparison table: (label, key in a side's dict, format).
+ROWS: tuple[tuple[str, str, str], ...] = (
+    ("params", "params", "{:,.0f}"),
+    ("MACs (G)", "gmacs", "{:.2f}"),
+    ("CPU latency (ms)", "latency_ms", "{:.1f}"),
+    ("mAP", "mAP", "{:.4f}"),
+    ("NDS", "NDS", "{:.4f}"),
+)
+
+
+def _fmt(value: Any, fmt: str) -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def comparison_rows(teacher: dict[str, Any], student: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(label, teacher, student, student/teacher) rows for the headline numbers."""
+    rows = []
+    for label, key, fmt in ROWS:
+        t, s = teacher.get(key), student.get(key)
+        ratio = f"{s / t:.3f}" if t and s is not None else "n/a"
+        rows.append((label, _fmt(t, fmt), _fmt(s, fmt), ratio))
+    return rows
+
+
+def per_class_rows(teacher: dict[str, Any], student: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(class, teacher AP, student AP) for every class either side reports."""
+    t_ap, s_ap = teacher.get("per_class_ap") or {}, student.get("per_class_ap") or {}
+    names = list(dict.fromkeys([*t_ap, *s_ap]))
+    return [(n, _fmt(t_ap.get(n), "{:.4f}"), _fmt(s_ap.get(n), "{:.4f}")) for n in names]
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    t, s = report["teacher"], report["student"]
+    lines = [f"# itkd compress report: {report['method']} student, ratio {report['ratio']} ({report['policy']} policy)", ""]
+    lines += [f"- teacher: `{report['teacher_checkpoint']}`", f"- student: `{report['student_checkpoint']}`",
+              f"- evaluated on split `{report['split']}` ({report.get('frames', 'all')} frames) with the official "
+              "nuScenes DetectionEval (detection_cvpr_2019)", ""]
+    lines += ["| | teacher | student | student / teacher |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in comparison_rows(t, s)]
+    lines += ["", "## AP per class", "", "| class | teacher | student |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in per_class_rows(t, s)]
+    if report.get("curves"):
+        lines += ["", "## Training curves", "", f"![curves]({Path(report['curves']).name})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: Path, report: dict[str, Any]) -> tuple[Path, Path]:
+    """Write report.json and report.md atomically; returns both paths."""
+    out_dir = Path(out_dir)
+    return write_json(out_dir / "report.json", report), write_text(out_dir / "report.md", _markdown(report))
+
+
+def read_metrics_log(path: Path) -> list[dict[str, Any]]:
+    """Records of a run's metrics.jsonl (empty when the run logged nothing)."""
+    if not Path(path).is_file():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_curves(metrics_jsonl: Path, out_png: Path, title: str) -> Optional[Path]:
+    """Plot every logged training loss against the step (and eval mAP/NDS if logged) into a PNG."""
+    records = read_metrics_log(metrics_jsonl)
+    steps = [r for r in records if "eval" not in r]
+    if not steps:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    skip = {"step", "epoch", "lr", "sec_per_step"}
+    keys = [k for k in steps[0] if k not in skip and isinstance(steps[0][k], (int, float))]
+    evals = [r for r in records if "eval" in r]
+    fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(11 if evals else 6, 4), squeeze=False)
+    ax = axes[0][0]
+    for key in keys:
+        ax.plot([r["step"] for r in steps if key in r], [r[key] for r in steps if key in r], label=key)
+    ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.set_title(title), ax.legend(fontsize=7)
+    if evals:
+        ax2 = axes[0][1]
+        for key in ("mAP", "NDS"):
+            pts = [(r["step"], r["eval"][key]) for r in evals if key in r["eval"]]
+            if pts:
+                ax2.plot(*zip(*pts), marker="o", label=key)
+        ax2.set_xlabel("step"), ax2.set_title("validation"), ax2.legend()
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(out_png)

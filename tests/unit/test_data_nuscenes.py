@@ -1,0 +1,129 @@
+"""NuScenesDataset on a tiny hand-built world: boxes, sweeps, splits, cache and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from data_tiny import OBJECTS, VERSION, ego_pose, expected_box, make_world, matrix, SENSOR, tiny_recipe
+
+from itkd_cli.core.errors import ItkdError
+from itkd_cli.data import cache
+from itkd_cli.data.nuscenes import NuScenesDataset
+
+
+@pytest.fixture()
+def world(tmp_path):
+    return make_world(tmp_path / "world")
+
+
+def test_boxes_in_keyframe_lidar_frame(world):
+    ds = NuScenesDataset(tiny_recipe(world), "tiny_val", train=False)
+    assert ds.tokens == ["s0", "s1"]
+    for frame in range(2):
+        info = ds.infos[frame]
+        assert info["gt_names"] == ["car", "pedestrian", "animal"]
+        for obj in range(3):
+            np.testing.assert_allclose(info["gt_boxes"][obj], expected_box(frame, obj), atol=1e-6)
+    # The car moves 1 m per 0.5 s along global x: 2 m/s, seen rotated into the LiDAR frame.
+    assert np.hypot(*ds.infos[0]["gt_boxes"][0][7:9]) == pytest.approx(2.0)
+    boxes, labels = ds.annotations(0)  # animal is not a detection class
+    names = ds.recipe.dataset.class_names
+    assert [names[i - 1] for i in labels] == ["car", "pedestrian"]
+
+
+def test_lidar_to_global(world):
+    ds = NuScenesDataset(tiny_recipe(world), "tiny_val", train=False)
+    np.testing.assert_allclose(ds.lidar_to_global("s1"), matrix(ego_pose(1)) @ matrix(SENSOR), atol=1e-9)
+    with pytest.raises(ItkdError, match="sample token 'nope': not in split 'tiny_val'"):
+        ds.lidar_to_global("nope")
+
+
+def test_sweep_lands_on_keyframe_points(world):
+    ds = NuScenesDataset(tiny_recipe(world), "tiny_val", train=False)
+    pts = ds.points(1)
+    n = len(pts) // 2  # the sweep holds the same global points as its keyframe
+    np.testing.assert_allclose(pts[n:, :3], pts[:n, :3], atol=1e-4)
+    assert np.all(pts[:n, 4] == 0) and np.allclose(pts[n:, 4], 0.05)
+    assert np.all(pts[:, 3] == 7.0)
+
+
+def test_sweep_lag_limit_and_single_sweep(world):
+    short = NuScenesDataset(tiny_recipe(world, "dataset.max_sweep_lag=0.01",
+                                        f"dataset.cache_dir={world / 'c2'}"), "tiny_val", train=False)
+    assert short.infos[1]["sweeps"] == []
+    one = NuScenesDataset(tiny_recipe(world, "dataset.sweeps=1", f"dataset.cache_dir={world / 'c3'}"),
+                          "tiny_val", train=False)
+    assert len(one.points(1)) == len(short.points(1))
+
+
+def test_cache_is_reused(world, monkeypatch):
+    recipe = tiny_recipe(world)
+    NuScenesDataset(recipe, "tiny_val", train=False)
+    assert cache.info_path(recipe.dataset, "tiny_val").is_file()
+
+    def boom(*_a, **_k):
+        raise AssertionError("devkit re-indexed")
+
+    monkeypatch.setattr(cache, "open_nuscenes", boom)
+    assert len(NuScenesDataset(recipe, "tiny_val", train=False)) == 2
+
+
+def test_training_drops_boxes_without_points(world):
+    path = world / VERSION / "sample_annotation.json"
+    anns = json.loads(path.read_text())
+    anns[1]["num_lidar_pts"] = 0  # pedestrian of frame 0
+    path.write_text(json.dumps(anns))
+    recipe = tiny_recipe(world)
+    assert len(NuScenesDataset(recipe, "tiny_val", train=True).annotations(0)[0]) == 1
+    assert len(NuScenesDataset(recipe, "tiny_val", train=False).annotations(0)[0]) == 2
+
+
+def test_unknown_split_lists_available(world):
+    with pytest.raises(ItkdError, match=r"split 'bogus': unknown .*available: tiny_train, tiny_val, mini_train"):
+        NuScenesDataset(tiny_recipe(world), "bogus", train=False)
+
+
+def test_builtin_split_without_scenes(world):
+    with pytest.raises(ItkdError, match="split 'mini_val': no scene of"):
+        NuScenesDataset(tiny_recipe(world), "mini_val", train=False)
+
+
+def test_missing_table(world):
+    (world / VERSION / "ego_pose.json").unlink()
+    with pytest.raises(ItkdError, match=r"missing nuScenes tables: ego_pose\.json"):
+        NuScenesDataset(tiny_recipe(world), "tiny_val", train=False)
+
+
+def test_dangling_token(world):
+    path = world / VERSION / "sample_data.json"
+    rows = json.loads(path.read_text())
+    rows[3]["prev"] = "ghost"  # frame 1 keyframe points to a sample_data that does not exist
+    path.write_text(json.dumps(rows))
+    with pytest.raises(ItkdError, match=r"sample_data token 'ghost' \(referenced by sample_data sd_key1 \(prev\)\)"):
+        NuScenesDataset(tiny_recipe(world), "tiny_val", train=False)
+
+
+def test_truncated_point_file(world):
+    path = world / "samples/LIDAR_TOP/f0_key.pcd.bin"
+    path.write_bytes(path.read_bytes()[:-6])
+    ds = NuScenesDataset(tiny_recipe(world), "tiny_val", train=False)
+    with pytest.raises(ItkdError, match=r"f0_key\.pcd\.bin \(sample_data sd_key0\): .* not a multiple of 20"):
+        ds[0]
+
+
+def test_empty_point_cloud_passes_through(world):
+    for name in ("f0_key", "f0_sweep"):
+        folder = "samples" if name.endswith("key") else "sweeps"
+        (world / folder / "LIDAR_TOP" / f"{name}.pcd.bin").write_bytes(b"")
+    ds = NuScenesDataset(tiny_recipe(world), "tiny_val", train=True)
+    sample = ds[0]
+    assert sample.voxels.shape == (0, 20, 5) and sample.coords.shape == (0, 3)
+    assert len(sample.gt_boxes) == 2  # boxes still give targets
+
+
+def test_every_object_kind_is_counted(world):
+    assert len(OBJECTS) == 3
+    assert cache.describe(cache.load_infos(tiny_recipe(world).dataset, "tiny_val"))["boxes"] == {
+        "animal": 2, "car": 2, "pedestrian": 2}

@@ -1,0 +1,66 @@
+"""`itkd eval` user errors: one line, exit 2, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from itkd_cli.recipe import load_recipe
+
+
+def _run(*args: str):
+    from typer.testing import CliRunner
+
+    from itkd_cli.cli.main import app
+
+    return CliRunner().invoke(app, ["eval", *args])
+
+
+def test_waymo_is_a_clear_error(tmp_path: Path) -> None:
+    res = _run("--dataset", "waymo", "--checkpoint", str(tmp_path / "x.pth"))
+    assert res.exit_code == 2
+    assert "Waymo metrics need the separate Waymo environment" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_unknown_dataset(tmp_path: Path) -> None:
+    res = _run("--dataset", "kitti", "--checkpoint", str(tmp_path / "x.pth"))
+    assert res.exit_code == 2 and "expected one of nuscenes, waymo" in res.output
+
+
+def test_missing_checkpoint(tmp_path: Path) -> None:
+    res = _run("--checkpoint", str(tmp_path / "missing.pth"))
+    assert res.exit_code == 2
+    assert "missing.pth: checkpoint not found" in res.output and "Traceback" not in res.output
+
+
+@pytest.fixture()
+def checkpoint(tmp_path: Path) -> Path:
+    from itkd_cli.models.build import build_model
+    from itkd_cli.models.checkpoint import save_checkpoint
+
+    recipe = load_recipe("synth-pillar", [f"dataset.root={tmp_path / 'nowhere'}"])
+    return save_checkpoint(tmp_path / "ckpt.pth", build_model(recipe.model), recipe, "teacher")
+
+
+def test_missing_dataset(tmp_path: Path, checkpoint: Path) -> None:
+    res = _run("--checkpoint", str(checkpoint), "--data-root", str(tmp_path / "absent"), "--out", str(tmp_path / "ev"))
+    assert res.exit_code == 2
+    assert "absent/v1.0-synth" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "ev" / "metrics.json").exists()
+
+
+def test_builtin_split_on_custom_version(tmp_path: Path, checkpoint: Path) -> None:
+    """'val' is a built-in devkit split that only exists for *trainval versions."""
+    from itkd_cli.evaluate.nuscenes_eval import check_split
+
+    class FakeNusc:
+        dataroot, version = str(tmp_path), "v1.0-synth"
+
+    from itkd_cli.core.errors import ItkdError
+
+    with pytest.raises(ItkdError, match="only valid for a \\*trainval version"):
+        check_split(FakeNusc(), "val")
+    with pytest.raises(ItkdError, match="not found"):
+        check_split(FakeNusc(), "synth_val")
