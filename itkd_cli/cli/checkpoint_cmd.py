@@ -49,12 +49,12 @@ def _show(facts: dict) -> None:
         table.add_row(key, str(value))
     if "mapping" in facts:
         m = facts["mapping"]
-        table.add_row("recipe fit", "ok" if not m["warnings"] else "NO")
-        for line in m["warnings"]:
-            table.add_row("", line)
+        table.add_row("recipe fit", "ok" if not m["warnings"] else f"NO ({len(m['warnings'])} kinds of difference)")
         if m["transposed"]:
             table.add_row("transposed", ", ".join(m["transposed"]))
     console.print(table)
+    for line in facts.get("mapping", {}).get("warnings", []):
+        console.print(f"[yellow]{line}[/]", markup=True, highlight=False)
 
 
 @app.command("inspect")

@@ -66,14 +66,18 @@ def inspect(
     for name, n in result["boxes"].items():
         table.add_row(name, str(n))
     console.print(table)
-    rows = Table("annotation", "class", "num_lidar_pts", "points found", title="annotations whose counts differ")
+    rows = Table("annotation", "class", "num_lidar_pts", "found (LiDAR-frame box)", "found (global box)",
+                 title="annotations whose counts differ")
     for ann in result["annotations"]:
-        if ann["num_lidar_pts"] != ann["points_found"]:
-            rows.add_row(ann["token"], ann["class"], str(ann["num_lidar_pts"]), str(ann["points_found"]))
+        if ann["num_lidar_pts"] != ann["points_found"] or ann["num_lidar_pts"] != ann["points_found_global"]:
+            rows.add_row(ann["token"], ann["class"], str(ann["num_lidar_pts"]), str(ann["points_found"]),
+                         str(ann["points_found_global"]))
     if rows.row_count:
         console.print(rows)
-    say(f"in-box point counts: {result['exact']}/{result['total']} exact, "
-        f"{result['within_2']}/{result['total']} within 2 points of num_lidar_pts")
+    n = result["total"]
+    say(f"in-box point counts vs num_lidar_pts: LiDAR-frame boxes (as trained) {result['exact']}/{n} exact, "
+        f"{result['within_2']}/{n} within 2; global-frame boxes {result['exact_global']}/{n} exact, "
+        f"{result['within_2_global']}/{n} within 2")
 
 
 def register(app: typer.Typer) -> None:

@@ -40,9 +40,9 @@ def hinton_loss(hm_s: Sequence[Tensor], hm_t: Sequence[Tensor], temperature: flo
     Returns:
         Scalar tensor (0 when the heatmaps agree).
     """
-    total, count = hm_s[0].new_zeros(()), 0
+    total, count = hm_s[0].new_zeros((), dtype=torch.float32), 0
     for s, t in zip(hm_s, hm_t):
-        s, t = s / temperature, t.detach() / temperature
+        s, t = s.float() / temperature, t.detach().float() / temperature
         p_t = torch.sigmoid(t)
         kl = (F.binary_cross_entropy_with_logits(s, p_t, reduction="none")
               - F.binary_cross_entropy_with_logits(t, p_t, reduction="none"))
@@ -77,11 +77,11 @@ def sparsekd_hm_loss(hm_s: Sequence[Tensor], hm_t: Sequence[Tensor], fg_threshol
     Returns:
         Scalar tensor.
     """
-    total, count = hm_s[0].new_zeros(()), hm_s[0].new_zeros(())
+    total = count = hm_s[0].new_zeros((), dtype=torch.float32)
     for s, t in zip(hm_s, hm_t):
-        p_t = torch.sigmoid(t.detach())
-        fg = (p_t > fg_threshold).to(s.dtype)
-        total = total + ((torch.sigmoid(s) - p_t).pow(2) * fg).sum()
+        p_t = torch.sigmoid(t.detach().float())  # float32: sums run over whole maps
+        fg = (p_t > fg_threshold).float()
+        total = total + ((torch.sigmoid(s.float()) - p_t).pow(2) * fg).sum()
         count = count + fg.sum()
     return total / count.clamp(min=1)
 

@@ -21,7 +21,7 @@ from itkd_cli.core.types import DetectorOutput, TaskTargets
 from itkd_cli.distill.autoencoder import ChannelAutoencoder, build_adapter
 from itkd_cli.distill.head_attention import HeadFusion, head_attention_sum, head_splits
 from itkd_cli.distill.losses import (
-    KDTerms, check_same_grid, cr_loss, it_loss, pooled_centres, zero_terms)
+    KDTerms, check_centres, check_same_grid, cr_loss, it_loss, pooled_centres, zero_terms)
 from itkd_cli.recipe.schema import ItkdLossConfig, ModelConfig
 
 
@@ -97,6 +97,10 @@ class ItkdDistiller(nn.Module):
             raise ItkdError(f"model.backbone_2d: distiller built for BEV widths student {self.c_s} / teacher "
                             f"{self.c_t}, got {student.bev.shape[1]} / {teacher.bev.shape[1]}")
         check_same_grid(student.bev, teacher.bev, "bev")
+        h, w = student.bev.shape[-2:]
+        if any(t.hm.shape[-2:] != (h, w) for t in (*student.tasks, *teacher.tasks)):
+            raise ItkdError(f"model.head: head maps do not match the {h}x{w} BEV map they index")
+        check_centres(*pooled_centres(targets), h, w)
 
 
 def check_compatible(teacher_cfg: ModelConfig, student_cfg: ModelConfig) -> None:

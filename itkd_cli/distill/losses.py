@@ -79,7 +79,7 @@ def gather_at_centres(feat: Tensor, ind: Tensor, mask: Tensor) -> Tensor:
     b, c, h, w = feat.shape
     if ind.shape[0] != b:
         raise ItkdError(f"targets.ind: batch {ind.shape[0]} does not match the feature batch {b}")
-    safe = torch.where(mask, ind, torch.zeros_like(ind)).clamp_(0, h * w - 1)
+    safe = torch.where(mask, ind, torch.zeros_like(ind))  # padded slots may hold anything
     flat = feat.reshape(b, c, h * w)
     out = flat.gather(2, safe.unsqueeze(1).expand(b, c, safe.shape[1]))  # (B, C, M)
     return out.transpose(1, 2) * mask.unsqueeze(-1).to(feat.dtype)
@@ -100,8 +100,9 @@ def mse_at_centres(pred: Tensor, target: Tensor, ind: Tensor, mask: Tensor) -> T
     Returns:
         Scalar tensor.
     """
-    diff = gather_at_centres(pred, ind, mask) - gather_at_centres(target, ind, mask)
-    n = mask.sum().clamp(min=1).to(pred.dtype) * pred.shape[1]
+    # float32: a half-precision sum over objects x channels could overflow under autocast
+    diff = (gather_at_centres(pred, ind, mask) - gather_at_centres(target, ind, mask)).float()
+    n = mask.sum().clamp(min=1).float() * pred.shape[1]
     return diff.pow(2).sum() / n
 
 
@@ -142,6 +143,14 @@ def it_loss(s2t: Tensor, m_t: Tensor, t2s: Tensor, m_s: Tensor, ind: Tensor, mas
     s_to_t = F.l1_loss(s2t, m_t) + mse_at_centres(s2t, m_t, ind, mask)
     t_to_s = F.l1_loss(t2s, tgt_s) + mse_at_centres(t2s, tgt_s, ind, mask)
     return s_to_t + t_to_s
+
+
+def check_centres(ind: Tensor, mask: Tensor, h: int, w: int) -> None:
+    """Raise an ItkdError when a valid centre index falls outside an (h, w) map (one device sync)."""
+    bad = mask & ((ind < 0) | (ind >= h * w))
+    if bool(bad.any()):
+        raise ItkdError(f"targets.ind: object centres outside the {h}x{w} head map",
+                        hint="targets must be assigned on the same grid and stride as the model's head")
 
 
 def check_same_grid(student: Tensor, teacher: Tensor, what: str) -> None:

@@ -154,7 +154,7 @@ def bev_iou_matrix(a: Tensor, b: Tensor) -> Tensor:
         return iou
     ra = torch.hypot(a[:, 2], a[:, 3]) / 2
     rb = torch.hypot(b[:, 2], b[:, 3]) / 2
-    dist = torch.cdist(a[:, :2], b[:, :2])
+    dist = torch.cdist(a[:, :2], b[:, :2], compute_mode="donot_use_mm_for_euclid_dist")
     ia, ib = torch.nonzero(dist <= ra[:, None] + rb[None] + _EPS, as_tuple=True)
     if ia.numel():
         iou[ia, ib] = paired_bev_iou(a[ia], b[ib])
@@ -215,5 +215,5 @@ def circle_nms(boxes: Tensor, scores: Tensor, radius: float, max_keep: int | Non
     Returns:
         (K,) int64 indices into ``boxes``, best score first.
     """
-    dist = torch.cdist(boxes[:, :2], boxes[:, :2])
+    dist = torch.cdist(boxes[:, :2], boxes[:, :2], compute_mode="donot_use_mm_for_euclid_dist")
     return greedy_nms(dist <= radius, scores, max_keep)

@@ -132,7 +132,10 @@ def _consistent(key: str, sd: Mapping[str, Tensor], expected: Optional[Mapping[s
     """Layouts under which ``sd[key]`` fits the target shape (or, without target, its bias/BN width)."""
     shape = tuple(sd[key].shape)
     if expected is not None and key in expected:
-        return {lay for lay in LAYOUTS if to_krsc_shape(shape, lay) == tuple(expected[key])}
+        fits = {lay for lay in LAYOUTS if to_krsc_shape(shape, lay) == tuple(expected[key])}
+        if fits:
+            return fits
+        # fits no layout: a wrong recipe (reported as a mismatch); the file's own widths still tell.
     out = _out_hint(key, sd)
     if out is None:
         return set(LAYOUTS)

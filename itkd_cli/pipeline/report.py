@@ -34,7 +34,8 @@ def comparison_rows(teacher: dict[str, Any], student: dict[str, Any]) -> list[tu
 
 def per_class_rows(teacher: dict[str, Any], student: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(class, teacher AP, student AP) for every class either side reports."""
-    t_ap, s_ap = teacher.get("per_class_ap") or {}, student.get("per_class_ap") or {}
+    t_ap = {k: v.get("AP") for k, v in (teacher.get("per_class") or {}).items()}
+    s_ap = {k: v.get("AP") for k, v in (student.get("per_class") or {}).items()}
     names = list(dict.fromkeys([*t_ap, *s_ap]))
     return [(n, _fmt(t_ap.get(n), "{:.4f}"), _fmt(s_ap.get(n), "{:.4f}")) for n in names]
 

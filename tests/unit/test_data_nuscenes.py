@@ -70,6 +70,16 @@ def test_cache_is_reused(world, monkeypatch):
     assert len(NuScenesDataset(recipe, "tiny_val", train=False)) == 2
 
 
+def test_cache_rebuilt_when_tables_change(world):
+    recipe = tiny_recipe(world)
+    assert len(NuScenesDataset(recipe, "tiny_val", train=False).annotations(0)[0]) == 2
+    path = world / VERSION / "sample_annotation.json"
+    anns = json.loads(path.read_text())
+    anns[0]["size"] = [2.0, 5.0, 1.5]  # a regenerated dataset in the same root
+    path.write_text(json.dumps(anns))
+    assert NuScenesDataset(recipe, "tiny_val", train=False).infos[0]["gt_boxes"][0][3] == 5.0
+
+
 def test_training_drops_boxes_without_points(world):
     path = world / VERSION / "sample_annotation.json"
     anns = json.loads(path.read_text())

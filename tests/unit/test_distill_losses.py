@@ -85,8 +85,9 @@ def test_it_loss_detaches_teacher_and_optionally_student_target():
 
 
 def test_pooled_centres_lists_each_task_object_once():
-    t1 = TaskTargets(torch.zeros(1), torch.tensor([[1, 2]]), torch.tensor([[True, False]]), torch.zeros(1), torch.zeros(1))
-    t2 = TaskTargets(torch.zeros(1), torch.tensor([[5]]), torch.tensor([[True]]), torch.zeros(1), torch.zeros(1))
+    z = torch.zeros(1)
+    t1 = TaskTargets(z, torch.tensor([[1, 2]]), torch.tensor([[True, False]]), z, z)
+    t2 = TaskTargets(z, torch.tensor([[5]]), torch.tensor([[True]]), z, z)
     ind, mask = pooled_centres((t1, t2))
     assert ind.tolist() == [[1, 2, 5]] and mask.tolist() == [[True, False, True]]
     with pytest.raises(ItkdError):

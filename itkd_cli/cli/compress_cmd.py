@@ -1,0 +1,59 @@
+"""`itkd compress`: derive a narrower student from a teacher checkpoint and distil it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from itkd_cli.cli.common import STATE, JsonOpt, SetOpt, console, emit_json, handle_errors, say
+
+METHODS = "itkd | none | hinton | fitnet | sparsekd"
+
+
+@handle_errors
+def compress_command(
+    teacher: Path = typer.Option(..., "--teacher", "-t", help="Teacher checkpoint (itkd, OpenPCDet, det3d, SparseKD, bare, .safetensors)."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="Student width / teacher width, in (0, 1] (default: recipe student.ratio)."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="neck (scale the 2D neck, itKD paper) | full (also 3D backbone and head)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe (default: the one stored in an itkd teacher checkpoint)."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help=f"Distillation method: {METHODS}."),
+    out: Path = typer.Option(Path("runs/compress"), "--out", "-o", help="Run folder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    max_eval_frames: Optional[int] = typer.Option(None, "--max-eval-frames", help="Evaluate only the first N val frames."),
+    overrides: List[str] = SetOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Distil a student from --teacher; writes student.pth, report.md/json and curves.png to --out."""
+    from itkd_cli.core.errors import ItkdError
+    from itkd_cli.pipeline.compress import compress, compress_recipe
+
+    if not teacher.is_file():
+        raise ItkdError(f"--teacher: {teacher}: no such file", hint="train one with `itkd train` or point to a checkpoint")
+    rec = compress_recipe(teacher, recipe, overrides, ratio, policy, method)
+    result = compress(rec, teacher, out, resume=resume, quiet=STATE["quiet"] or json_out,
+                      max_eval_frames=max_eval_frames, log=say)
+    if json_out:
+        emit_json(result.report | {"report_md": str(result.report_md), "report_json": str(result.report_json)})
+        return
+    print_comparison(result.report)
+    say(f"student: {result.student_checkpoint}\nreport:  {result.report_md}\ncurves:  {result.curves}")
+
+
+def print_comparison(report: dict) -> None:
+    """Teacher-vs-student table on stderr."""
+    from itkd_cli.pipeline.report import comparison_rows
+
+    table = Table("", "teacher", "student", "student / teacher",
+                  title=f"{report['method']} student, ratio {report['ratio']} ({report['policy']})")
+    for row in comparison_rows(report["teacher"], report["student"]):
+        table.add_row(*row)
+    if not STATE["quiet"]:
+        console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the top-level `compress` command."""
+    app.command("compress")(compress_command)

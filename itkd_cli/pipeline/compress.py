@@ -1,0 +1,141 @@
+"""`itkd compress`: frozen teacher -> derived student -> distillation -> official eval -> report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable, NamedTuple, Optional
+
+import torch
+
+from itkd_cli.core.errors import ItkdError
+from itkd_cli.core.types import Batch
+from itkd_cli.data.loader import build_loader
+from itkd_cli.distill.baselines import build_kd, kd_lambda
+from itkd_cli.distill.losses import combine
+from itkd_cli.distill.teacher import freeze_teacher
+from itkd_cli.evaluate.run import evaluate_nuscenes
+from itkd_cli.models.checkpoint import save_checkpoint
+from itkd_cli.pipeline.label_kd import LabelKD
+from itkd_cli.pipeline.profile import profile
+from itkd_cli.pipeline.report import plot_curves, write_report
+from itkd_cli.pipeline.teacher_student import build_pair, resolve_recipe, student_recipe
+from itkd_cli.recipe.load import apply_overrides, validate
+from itkd_cli.recipe.schema import Recipe
+from itkd_cli.train.loop import fit
+from itkd_cli.train.loss import centerpoint_loss
+
+STUDENT = "student.pth"
+
+
+class CompressResult(NamedTuple):
+    """Paths and numbers of a finished compress run."""
+
+    student_checkpoint: Path
+    report_json: Path
+    report_md: Path
+    curves: Optional[Path]
+    report: dict[str, Any]
+
+
+def compress_recipe(teacher: Path, recipe: Optional[str], overrides: Iterable[str], ratio: Optional[float],
+                    policy: Optional[str], method: Optional[str]) -> Recipe:
+    """The run's recipe with the CLI's --ratio/--policy/--method folded in (validated like any field)."""
+    if ratio is not None and not 0 < ratio <= 1:
+        raise ItkdError(f"--ratio: {ratio} is outside (0, 1]: the student must not be wider than the teacher")
+    base = resolve_recipe(teacher, recipe, overrides)
+    flags = [f"student.ratio={ratio}"] if ratio is not None else []
+    flags += [f"student.policy={policy}"] if policy else []
+    flags += [f"distill.method={method}"] if method else []
+    return validate(apply_overrides(base.model_dump(mode="json"), flags, "flags"), "command-line flags")
+
+
+def _step_fn(pair, kd, lam: float, label_kd: Optional[LabelKD]) -> Callable[[Batch], tuple]:
+    """Loss of one batch: lam * KD + (1 - lam) * detection loss (+ teacher-label loss for sparsekd)."""
+    head_cfg = pair.student_cfg.head
+
+    def step(batch: Batch):
+        args = (batch.voxels, batch.num_points, batch.coords, batch.batch_size)
+        with torch.no_grad():
+            t_out = pair.teacher(*args)
+        s_out = pair.student(*args)
+        det = centerpoint_loss(s_out, batch.targets, head_cfg)
+        terms = kd(s_out, t_out, batch.targets)
+        kd_total = terms.total
+        logs = {"det": det.total.detach(), **{k: v.detach() for k, v in terms._asdict().items() if k != "total"}}
+        if label_kd is not None:
+            label = label_kd(s_out, t_out, batch)
+            kd_total = kd_total + label
+            logs["label"] = label.detach()
+        loss = combine(det.total, kd_total, lam)
+        return loss, {k: float(v) for k, v in logs.items()}
+
+    return step
+
+
+def _teacher_metrics(recipe: Recipe, pair, out_dir: Path, max_frames: Optional[int]) -> dict[str, Any]:
+    """Teacher metrics on the val split, reused from an earlier run of the same folder."""
+    cached = out_dir / "eval_teacher" / "metrics.json"
+    if cached.is_file():
+        import json
+
+        data = json.loads(cached.read_text())
+        if data.get("split") == recipe.dataset.val_split and data.get("max_frames") == max_frames:
+            return data
+    metrics = evaluate_nuscenes(recipe, pair.teacher, out_dir / "eval_teacher", max_frames=max_frames,
+                                model_cfg=recipe.model)
+    metrics["max_frames"] = max_frames
+    from itkd_cli.core.io import write_json
+
+    write_json(cached, metrics)
+    return metrics
+
+
+def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = False, quiet: bool = False,
+             max_eval_frames: Optional[int] = None, log: Callable[[str], None] = print) -> CompressResult:
+    """Distil a student from ``teacher`` as ``recipe`` says and evaluate both.
+
+    Args:
+        recipe: resolved recipe (model = the teacher's architecture; student/distill sections apply).
+        teacher: teacher checkpoint (any supported format).
+        out_dir: run folder: train/ (checkpoints, metrics.jsonl, tb/), student.pth, eval_*/, report.*.
+        resume: continue an interrupted run from out_dir/train/last.pth.
+        quiet: no progress bars.
+        max_eval_frames: evaluate only the first N val frames.
+        log: status line printer.
+    """
+    out_dir = Path(out_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    pair = build_pair(recipe, teacher, device)
+    log(f"teacher {teacher} ({pair.load_report.format}, spconv layout {pair.load_report.layout or 'n/a'}) "
+        f"-> {recipe.distill.method} student, ratio {recipe.student.ratio}, policy {recipe.student.policy}")
+    teacher_net = pair.teacher
+    pair = pair._replace(teacher=freeze_teacher(teacher_net))
+    kd = build_kd(recipe.distill, recipe.model, pair.student_cfg).to(device)
+    label_kd = LabelKD(recipe, pair.student_cfg) if recipe.distill.method == "sparsekd" else None
+    loader = build_loader(recipe, recipe.dataset.train_split, train=True, batch_size=recipe.train.batch_size,
+                          shuffle=True, seed=recipe.train.seed)
+    s_recipe = student_recipe(recipe, pair.student_cfg)
+    train_dir = out_dir / "train"
+    last = train_dir / "last.pth"
+    fit(pair.student, _step_fn(pair, kd, kd_lambda(recipe.distill), label_kd), loader, recipe.train, train_dir,
+        s_recipe.model_dump(mode="json"), "student", aux={"kd": kd},
+        resume=last if resume and last.is_file() else None, quiet=quiet, device=device)
+    student_ckpt = save_checkpoint(out_dir / STUDENT, pair.student, s_recipe, "student",
+                                   epoch=recipe.train.epochs)
+    log(f"wrote {student_ckpt} (student only: no teacher, no KD modules)")
+    t_metrics = _teacher_metrics(recipe, pair, out_dir, max_eval_frames)
+    s_metrics = evaluate_nuscenes(s_recipe, pair.student, out_dir / "eval_student", max_frames=max_eval_frames,
+                                  model_cfg=pair.student_cfg)
+    curves = plot_curves(train_dir / "metrics.jsonl", out_dir / "curves.png",
+                         f"{recipe.distill.method} student, ratio {recipe.student.ratio}")
+    report = {
+        "method": recipe.distill.method, "ratio": recipe.student.ratio, "policy": recipe.student.policy,
+        "teacher_checkpoint": str(teacher), "student_checkpoint": str(student_ckpt),
+        "split": recipe.dataset.val_split, "frames": s_metrics.get("frames"),
+        "teacher": {**profile(teacher_net, recipe.model), **t_metrics},
+        "student": {**profile(pair.student, pair.student_cfg), **s_metrics},
+        "curves": str(curves) if curves else None,
+        "recipe": recipe.model_dump(mode="json"),
+    }
+    rj, rm = write_report(out_dir, report)
+    return CompressResult(student_ckpt, rj, rm, curves, report)
