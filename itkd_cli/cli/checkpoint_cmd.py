@@ -21,7 +21,7 @@ NonStrictOpt = typer.Option(False, "--non-strict", help="Report missing/unexpect
 
 def _file_facts(path: Path, layout: Optional[str]) -> dict:
     """Format, layout, progress and shape-inferred architecture of a checkpoint, without a recipe."""
-    from itkd_cli.models.checkpoint import _progress, is_ours, read_checkpoint
+    from itkd_cli.models.checkpoint import is_ours, progress_of, read_checkpoint
     from itkd_cli.models.convert import convert_state_dict, count_params, describe
 
     raw = read_checkpoint(path)
@@ -34,7 +34,7 @@ def _file_facts(path: Path, layout: Optional[str]) -> dict:
             raise
         conv, found = convert_state_dict(raw.state_dict, default_layout="2.3"), "undetermined"
     return {"path": str(path), "format": raw.format, "naming": conv.naming, "spconv_layout": found,
-            "progress": _progress(raw), "num_tensors": len(raw.state_dict),
+            "progress": progress_of(raw), "num_tensors": len(raw.state_dict),
             "num_params": count_params(conv.state_dict), "architecture": describe(conv.state_dict),
             "stored_recipe": isinstance(raw.meta.get("recipe"), dict)}
 

@@ -88,6 +88,8 @@ def register(app: typer.Typer) -> None:
             emit_json(metrics)
             return
         console.print(metrics_table(metrics, title=f"{checkpoint.name}: {metrics['split']} ({metrics['frames']} frames)"))
+        if metrics.get("empty_submission"):
+            say("[yellow]no box scored above model.post.score_threshold: AP is 0 for every class[/]")
         if metrics["subset"]:
             say(f"[yellow]--max-frames: metrics cover {metrics['frames']} frames, not the whole split[/]")
         say(f"wrote {out_dir / 'metrics.json'} (devkit summary and plots in {out_dir})")

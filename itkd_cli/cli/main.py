@@ -24,8 +24,10 @@ COMMAND_MODULES: list[tuple[str, Optional[str]]] = [
     ("itkd_cli.cli.recipe_cmd", "recipe"),
     ("itkd_cli.cli.data_cmd", "data"),
     ("itkd_cli.cli.checkpoint_cmd", "checkpoint"),
+    ("itkd_cli.cli.export_cmd", None),
     ("itkd_cli.cli.train_cmd", None),
     ("itkd_cli.cli.eval_cmd", None),
+    ("itkd_cli.cli.compress_cmd", None),
 ]
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
+import numpy as np
 import typer
 
 from itkd_cli.cli.common import STATE, JsonOpt, SetOpt, emit_json, handle_errors, say
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.recipe.load import load_recipe
+from itkd_cli.recipe.schema import Recipe
 
 
 @handle_errors
@@ -18,6 +20,7 @@ def train_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/teacher, or the --resume folder)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run exactly from its folder (or a checkpoint)."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from these weights only (fresh optimiser and schedule)."),
+    evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate on the val split every train.eval_every epochs and at the end."),
     overrides: List[str] = SetOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -30,11 +33,29 @@ def train_command(
     if out is None:
         out = (resume if resume.is_dir() else resume.parent) if resume is not None else Path("runs/teacher")
     say(f"training {recipe} -> {out}")
-    last = train(rec, out, resume=resume, init_from=init_from, quiet=STATE["quiet"] or json_out)
+    last = train(rec, out, resume=resume, init_from=init_from, quiet=STATE["quiet"] or json_out,
+                 eval_fn=eval_hook(rec, out) if evaluate else None)
     if json_out:
         emit_json({"checkpoint": str(last), "out": str(out), "metrics": str(out / "metrics.jsonl")})
     else:
         say(f"[green]done[/]: {last}")
+
+
+def eval_hook(recipe: Recipe, out: Path) -> Callable[[Path, int], dict]:
+    """The training loop's periodic evaluation: official nuScenes metrics of the epoch's checkpoint.
+
+    Only top-level numbers (mAP, NDS, mATE...) are returned: they go into metrics.jsonl, TensorBoard
+    and the checkpoint; the full report stays in ``out/eval/epoch_N/``.
+    """
+    from itkd_cli.evaluate.run import evaluate_nuscenes
+
+    def hook(checkpoint: Path, epoch: int) -> dict:
+        say(f"evaluating epoch {epoch} on {recipe.dataset.val_split}")
+        metrics = evaluate_nuscenes(recipe, checkpoint, out / "eval" / f"epoch_{epoch}")
+        return {k: float(v) for k, v in metrics.items()
+                if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)}
+
+    return hook
 
 
 def register(app: typer.Typer) -> None:

@@ -190,6 +190,10 @@ def run_detection_eval(nusc, result_path: str | Path, split: str, out_dir: str |
 
     check_split(nusc, split)
     out_dir = Path(out_dir)
+    results = json.loads(Path(result_path).read_text())["results"]
+    wanted = set(only_tokens) if only_tokens is not None else set(results)
+    if not any(results[t] for t in wanted if t in results):
+        return empty_submission_metrics(config_name, len(wanted))
     # The devkit prints its own summary (ours is the table): keep it off stdout (--json) and the console.
     with contextlib.redirect_stdout(io.StringIO()):
         ev = DetectionEval(nusc, config=config_factory(config_name), result_path=str(result_path),
@@ -203,6 +207,22 @@ def run_detection_eval(nusc, result_path: str | Path, split: str, out_dir: str |
         ev.main(plot_examples=0, render_curves=render_curves)
     summary = json.loads((out_dir / "metrics_summary.json").read_text())
     return summarise(summary, n_samples=len(ev.sample_tokens))
+
+
+def empty_submission_metrics(config_name: str, n_samples: int) -> dict[str, Any]:
+    """Metrics of a submission without a single box (e.g. an untrained model below score_threshold).
+
+    The devkit crashes on such a file (filter_eval_boxes finds no box to read the class field from),
+    but its definitions are clear: AP 0 for every class, hence mAP 0; TP errors are undefined (None)
+    and the devkit would count them as 1, so NDS is 0. Flagged with ``empty_submission``.
+    """
+    from nuscenes.eval.common.config import config_factory
+
+    classes = config_factory(config_name).class_names
+    none = {name: None for name in TP_NAMES.values()}
+    per_class = {c: {"AP": 0.0, **{k[1:]: None for k in none}} for c in classes}
+    return {"mAP": 0.0, "NDS": 0.0, **none, "per_class": per_class, "samples": n_samples,
+            "eval_time_s": 0.0, "empty_submission": True}
 
 
 def _num(v: Any) -> Optional[float]:

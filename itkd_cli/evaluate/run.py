@@ -95,7 +95,7 @@ def predict_split(model: nn.Module, recipe: Recipe, split: str, model_cfg: Optio
 
 def evaluate_nuscenes(recipe: Recipe, model: Union[nn.Module, str, Path], out_dir: Union[str, Path],
                       split: Optional[str] = None, max_frames: Optional[int] = None,
-                      model_cfg: Optional[ModelConfig] = None, render_curves: bool = True,
+                      model_cfg: Optional[ModelConfig] = None, render_curves: bool = False,
                       progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
     """Inference + nuScenes submission JSON + official DetectionEval.
 
@@ -109,7 +109,7 @@ def evaluate_nuscenes(recipe: Recipe, model: Union[nn.Module, str, Path], out_di
         max_frames: evaluate only the first N frames (default recipe.eval.max_frames); the devkit's GT is
             then restricted to those frames and metrics carry "subset": true.
         model_cfg: the network's config when it differs from recipe.model (student).
-        render_curves: draw the devkit's PR/TP curves.
+        render_curves: draw the devkit's PR/TP curves (tens of seconds on 2 cores; `itkd eval` turns it on).
         progress: called with (frames done, frames total).
 
     Returns:

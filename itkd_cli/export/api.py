@@ -101,7 +101,7 @@ def _frames(model: CenterPoint, recipe: Recipe, split: str) -> list[tuple[Frame,
 
 def export_onnx(checkpoint: str | Path, out_dir: str | Path, opset: Optional[int] = None, atol: Optional[float] = None,
                 with_decode: Optional[bool] = None, data_root: Optional[str] = None, version: Optional[str] = None,
-                split: Optional[str] = None, overrides: Sequence[str] = (),
+                split: Optional[str] = None, overrides: Sequence[str] = (), latency_runs: int = 5,
                 progress: Callable[[str], None] = lambda _: None) -> ExportResult:
     """Export our checkpoint to ONNX, verify it on two real frames, write the model card.
 
@@ -111,6 +111,7 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, opset: Optional[int
         opset, atol, with_decode: default to the stored recipe's ``export`` section.
         data_root, version, split: verification frames (default: the recipe's dataset, val split).
         overrides: extra ``dataset.key=value`` settings (e.g. dataset.cache_dir, dataset.sweeps).
+        latency_runs: timed forwards per runtime for the model card's median latency (>= 1).
         progress: status-line callback.
 
     Raises:
@@ -142,7 +143,8 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, opset: Optional[int
     progress("verifying PyTorch vs onnxruntime")
     session = ort_session(path)
     reports = verify_onnx(path, graph, frames, names, recipe, with_decode, atol, session)
-    latency = measure_latency(graph, session, frames[0].inputs)
+    latency = measure_latency(graph, session, frames[0].inputs, runs=max(1, latency_runs),
+                              warmup=1 if latency_runs > 1 else 0)
     macs = complexity(model, loaded[0][1])
     deployment = (PILLAR_NOTE if pillar else SPARSE_NOTE) + (" " + DECODE_NOTE if with_decode else "")
     info = {"checkpoint": checkpoint, "onnx": path, "role": role, "opset": opset, "atol": atol,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -24,6 +25,7 @@ class Latency:
     runs: int
     threads: int
     provider: str
+    load: float  # 1-minute load average when measured (other jobs on the machine inflate both timings)
 
     @property
     def speedup(self) -> float:
@@ -42,8 +44,8 @@ def median_ms(fn: Callable[[], Any], runs: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def measure_latency(graph: nn.Module, session: Any, inputs: Sequence[Tensor], runs: int = 10,
-                    warmup: int = 2) -> Latency:
+def measure_latency(graph: nn.Module, session: Any, inputs: Sequence[Tensor], runs: int = 5,
+                    warmup: int = 1) -> Latency:
     """Median latency of the export module in eager PyTorch (no_grad) and of its onnxruntime session."""
     def eager() -> None:
         with torch.no_grad():
@@ -51,7 +53,8 @@ def measure_latency(graph: nn.Module, session: Any, inputs: Sequence[Tensor], ru
 
     torch_ms = median_ms(eager, runs, warmup)
     ort_ms = median_ms(lambda: run_ort(session, inputs), runs, warmup)
-    return Latency(torch_ms, ort_ms, runs, torch.get_num_threads(), session.get_providers()[0])
+    return Latency(torch_ms, ort_ms, runs, torch.get_num_threads(), session.get_providers()[0],
+                   os.getloadavg()[0])
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -70,7 +73,8 @@ def verification_markdown(reports: Sequence[FrameReport], atol: float) -> str:
                              for o in r.outputs]))
         d = r.decoded
         parts.append(f"\nDecoded boxes: PyTorch {d.torch_count}, onnxruntime {d.ort_count}; max score diff "
-                     f"{d.max_score_diff:.3g}, max box diff {d.max_box_diff:.3g} (relative, yaw in rad); "
+                     f"{d.max_score_diff:.3g}, max box diff {d.max_box_diff:.3g} (relative, yaw in rad) over matched pairs; "
+                     f"{d.tie_ambiguous} unmatched only through score ties, {d.unexplained} unexplained; "
                      f"tolerance atol {atol:g}, boxes {atol * 10:g}.\n")
     return "\n".join(parts)
 
@@ -108,7 +112,7 @@ def model_card(info: dict[str, Any], reports: Sequence[FrameReport], latency: La
         _table(["runtime", "ms"], [[f"PyTorch eager ({latency.threads} threads)", f"{latency.torch_ms:.1f}"],
                                    [f"onnxruntime ({latency.provider})", f"{latency.ort_ms:.1f}"]]),
         f"\nonnxruntime / eager speed-up: {latency.speedup:.2f}x over {latency.runs} runs "
-        f"({platform.processor() or platform.machine()}).",
+        f"({platform.machine()}, {os.cpu_count()} CPUs, load average {latency.load:.1f} while measuring).",
         "",
         "## Inputs",
         "",

@@ -60,12 +60,12 @@ def _torch_load(path: Path) -> Any:
                 f"{path}: refused: the file needs arbitrary unpickling{what}, which could execute code "
                 "on this machine", hint=_RESAVE_HINT) from None
         raise ItkdError(f"{path}: not a PyTorch checkpoint ({text.splitlines()[0] if text else 'bad pickle'})") from None
-    except (OSError, RuntimeError, EOFError, KeyError, ValueError, AttributeError, IndexError) as exc:
-        reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0] if str(exc)
-                  else type(exc).__name__)
-        if isinstance(exc, OSError) and not path.is_file():
-            raise ItkdError(f"{path}: cannot read ({reason})") from None
-        raise ItkdError(f"{path}: not a PyTorch checkpoint ({reason})") from None
+    except OSError as exc:
+        raise ItkdError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, AttributeError, IndexError, TypeError) as exc:
+        # torch.load reports a text or truncated file as e.g. KeyError('101') or EOFError(''): say what it means.
+        detail = f": {str(exc).splitlines()[0]}" if isinstance(exc, RuntimeError) and str(exc) else ""
+        raise ItkdError(f"{path}: not a PyTorch checkpoint (not a readable torch.save file{detail})") from None
 
 
 def _load_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -259,7 +259,7 @@ def _target_model(target: Any, raw: RawCheckpoint) -> nn.Module:
                     hint="pass --recipe with the teacher's architecture (e.g. centerpoint-voxel-nuscenes)")
 
 
-def _progress(raw: RawCheckpoint) -> dict[str, Any]:
+def progress_of(raw: RawCheckpoint) -> dict[str, Any]:
     keys = ("epoch", "it", "iter", "step", "version", "role", "format_version")
     return {k: raw.meta[k] for k in keys if k in raw.meta and isinstance(raw.meta[k], (int, float, str))}
 
@@ -299,7 +299,7 @@ def load_teacher(path: str | Path, target: Any = None, strict: bool = True,
         bad = set(diff.unexpected) | {k for k, _, _ in diff.mismatched}
         sd = {k: v for k, v in sd.items() if k not in bad}
     report = LoadReport(str(path), raw.format, conv.naming, conv.layout, conv.layout_source, diff.missing,
-                        diff.unexpected, diff.mismatched, conv.transposed, conv.added, _progress(raw),
+                        diff.unexpected, diff.mismatched, conv.transposed, conv.added, progress_of(raw),
                         count_params(conv.state_dict), lines)
     return sd, report
 

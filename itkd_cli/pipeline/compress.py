@@ -16,7 +16,7 @@ from itkd_cli.distill.teacher import freeze_teacher
 from itkd_cli.evaluate.run import evaluate_nuscenes
 from itkd_cli.models.checkpoint import save_checkpoint
 from itkd_cli.pipeline.label_kd import LabelKD
-from itkd_cli.pipeline.profile import profile
+from itkd_cli.pipeline.profile import first_val_frame, profile_on_frame
 from itkd_cli.pipeline.report import plot_curves, write_report
 from itkd_cli.pipeline.teacher_student import build_pair, resolve_recipe, student_recipe
 from itkd_cli.recipe.load import apply_overrides, validate
@@ -128,12 +128,13 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
                                   model_cfg=pair.student_cfg)
     curves = plot_curves(train_dir / "metrics.jsonl", out_dir / "curves.png",
                          f"{recipe.distill.method} student, ratio {recipe.student.ratio}")
+    frame = first_val_frame(recipe)
     report = {
         "method": recipe.distill.method, "ratio": recipe.student.ratio, "policy": recipe.student.policy,
         "teacher_checkpoint": str(teacher), "student_checkpoint": str(student_ckpt),
         "split": recipe.dataset.val_split, "frames": s_metrics.get("frames"),
-        "teacher": {**profile(teacher_net, recipe.model), **t_metrics},
-        "student": {**profile(pair.student, pair.student_cfg), **s_metrics},
+        "teacher": {**profile_on_frame(teacher_net, recipe.model, frame), **t_metrics},
+        "student": {**profile_on_frame(pair.student, pair.student_cfg, frame), **s_metrics},
         "curves": str(curves) if curves else None,
         "recipe": recipe.model_dump(mode="json"),
     }

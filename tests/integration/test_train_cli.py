@@ -36,7 +36,7 @@ def test_train_writes_checkpoint_metrics_and_resumes(world, tmp_path):
     run = tmp_path / "run"
     common = _sets(f"dataset.root={world}", *SMALL_MODEL)
     result = CliRunner().invoke(app, ["--quiet", "train", "--recipe", "synth-pillar", "--out", str(run), "--json",
-                                      *common, *_sets("train.max_steps=2")])
+                                      "--no-eval", *common, *_sets("train.max_steps=2")])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["checkpoint"] == str(run / "last.pth")
     ckpt = torch.load(run / "last.pth", weights_only=True)
@@ -47,10 +47,23 @@ def test_train_writes_checkpoint_metrics_and_resumes(world, tmp_path):
     assert (run / "recipe.yaml").is_file() and (run / "tb").is_dir()
     # --resume continues in the same folder up to the new limit
     result = CliRunner().invoke(app, ["--quiet", "train", "--recipe", "synth-pillar", "--resume", str(run),
-                                      *common, *_sets("train.max_steps=3")])
+                                      "--no-eval", *common, *_sets("train.max_steps=3")])
     assert result.exit_code == 0, result.output
     assert torch.load(run / "last.pth", weights_only=True)["step"] == 3
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_full_run_evaluates_at_the_end(world, tmp_path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["--quiet", "train", "--out", str(run), "--json",
+                                      *_sets(f"dataset.root={world}", *SMALL_MODEL, "train.epochs=1")])
+    assert result.exit_code == 0, result.output
+    ckpt = torch.load(run / "last.pth", weights_only=True)
+    assert ckpt["epoch"] == 1 and {"mAP", "NDS"} <= set(ckpt["metrics"])
+    evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert len(evals) == 1 and evals[0]["eval"]["mAP"] == ckpt["metrics"]["mAP"]
+    assert (run / "eval" / "epoch_1").is_dir()
 
 
 def test_missing_dataset_is_a_user_error(tmp_path):

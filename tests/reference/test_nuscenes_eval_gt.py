@@ -20,6 +20,7 @@ from itkd_cli.data.infos import open_nuscenes
 from itkd_cli.data.nuscenes import NuScenesDataset
 from itkd_cli.evaluate.nuscenes_eval import run_detection_eval, split_sample_tokens, write_results
 from itkd_cli.recipe import load_recipe
+from itkd_cli.recipe.schema import NUSCENES_CLASSES
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 FIXTURE = SHARED / "fixtures" / "nuscenes-v1.0-mini-1sample"
@@ -103,3 +104,22 @@ def test_gt_through_writer_synth_small(tmp_path: Path) -> None:
     assert present == set(recipe.dataset.class_names)
     assert metrics["mAP"] > 0.99
     assert metrics["mAVE"] < 0.05  # velocities rotated to the global frame correctly
+
+
+def test_empty_submission(tmp_path: Path) -> None:
+    """No box at all: the devkit itself crashes, we report AP 0 everywhere, flagged."""
+    if not FIXTURE.is_dir():
+        pytest.skip(f"{FIXTURE} is absent (real fixtures live in ../shared beside the checkout)")
+    from nuscenes.eval.common.config import config_factory
+    from nuscenes.eval.detection.evaluate import DetectionEval
+
+    root = tmp_path / "nuscenes"
+    shutil.copytree(FIXTURE, root)
+    (root / "v1.0-mini" / "splits.json").write_text(json.dumps({"one": ["scene-0061"]}))
+    nusc = open_nuscenes(root, "v1.0-mini")
+    path = write_results(tmp_path / "empty.json", {}, {}, list(NUSCENES_CLASSES), split_sample_tokens(nusc, "one"))
+    with pytest.raises(Exception, match="Invalid box type"):
+        DetectionEval(nusc, config_factory("detection_cvpr_2019"), str(path), "one", str(tmp_path / "dk"), verbose=False)
+    metrics = run_detection_eval(nusc, path, "one", tmp_path / "ev")
+    assert metrics["empty_submission"] is True and metrics["mAP"] == 0.0 and metrics["NDS"] == 0.0
+    assert all(row["AP"] == 0.0 for row in metrics["per_class"].values()) and len(metrics["per_class"]) == 10

@@ -184,10 +184,16 @@ def _voxels(recipe, n: int = 6, seed: int = 1):
     return pts, torch.randint(1, p + 1, (n,), generator=g).int(), coords
 
 
-@pytest.mark.parametrize("key_file", [k for k in ("det3d_nusc_centerpoint_voxelnet_0075voxel_fix_bn_z",
-                                                  "openpcdet_waymo_centerpoint_pillar_1x",
-                                                  "openpcdet_waymo_centerpoint_without_resnet",
-                                                  "sparsekd_cp-voxel-xxs") if k in KEY_FILES] or ["absent"])
+FORWARD = {  # key list -> slow?  (one small model by default; the full-size ones with -m slow)
+    "sparsekd_cp-voxel-xxs": False,
+    "det3d_nusc_centerpoint_voxelnet_0075voxel_fix_bn_z": True,
+    "openpcdet_waymo_centerpoint_pillar_1x": True,
+    "openpcdet_waymo_centerpoint_without_resnet": True,
+}
+
+
+@pytest.mark.parametrize("key_file", [pytest.param(k, marks=[pytest.mark.slow] if slow else [])
+                                      for k, slow in FORWARD.items()])
 def test_forward_equal_between_1x_and_2_3_files(key_file: str, tmp_path: Path) -> None:
     """Models loaded (strict) from the 1.x and the 2.3 file give the same outputs on a few voxels."""
     _need_shared()

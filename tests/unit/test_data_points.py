@@ -79,3 +79,19 @@ def test_bev_overlaps_rotated():
 def test_limit_period():
     np.testing.assert_allclose(limit_period(np.array([np.pi + 0.1, -np.pi - 0.1, 0.5])),
                                [-np.pi + 0.1, np.pi - 0.1, 0.5])
+
+
+def test_sweeps_drop_ego_returns_and_carry_time_lag(tmp_path):
+    from itkd_cli.data.points import load_frame_points
+
+    key = np.array([[0.5, 0.5, 0, 1, 0], [5, 0, 0, 2, 0]], np.float32)  # keyframe keeps even near points
+    sweep = np.array([[0.5, -0.5, 0, 3, 0], [0, 5, 0, 4, 0]], np.float32)
+    key.tofile(tmp_path / "k.bin")
+    sweep.tofile(tmp_path / "s.bin")
+    shift = np.eye(4)
+    shift[:3, 3] = [10, 0, 0]
+    info = {"lidar_path": "k.bin", "lidar_token": "k",
+            "sweeps": [{"path": "s.bin", "token": "s", "time_lag": 0.05, "to_key": shift.tolist()}]}
+    out = load_frame_points(tmp_path, info, sweeps=2)
+    np.testing.assert_allclose(out, [[0.5, 0.5, 0, 1, 0], [5, 0, 0, 2, 0], [10, 5, 0, 4, 0.05]], rtol=1e-6)
+    assert len(load_frame_points(tmp_path, info, sweeps=1)) == 2

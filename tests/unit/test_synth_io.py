@@ -73,3 +73,13 @@ def test_cli_json_and_user_error(tmp_path):
     assert summary["version"] == VERSION and summary["keyframes"] == 2
     res = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "x"), "--preset", "huge"])
     assert res.exit_code == 2 and "unknown preset" in res.output
+
+
+def test_interrupted_run_leaves_nothing(tmp_path):
+    def stop(done: int, total: int) -> None:
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(tmp_path / "cut", preset="small", scenes=2, frames=2, progress=stop)
+    assert list(tmp_path.iterdir()) == []

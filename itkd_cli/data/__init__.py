@@ -1,0 +1,1 @@
+"""itkd_cli.data"""

@@ -1,0 +1,109 @@
+"""Collate FrameSamples into a Batch and build deterministic DataLoaders."""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from itkd_cli.core.types import Batch, TaskTargets
+from itkd_cli.data.nuscenes import FrameSample, NuScenesDataset
+from itkd_cli.recipe.schema import Recipe
+
+
+def collate(samples: Sequence[FrameSample], recipe: Recipe) -> Batch:
+    """Stack frames into a Batch.
+
+    Args:
+        samples: B processed frames.
+        recipe: gives the point feature count for empty batches.
+
+    Returns:
+        Batch with coords (V, 4) int32 (b, z, y, x), gt_boxes (B, N, 9) and gt_labels (B, N) zero-padded
+        to the largest frame (N >= 1), targets stacked per task.
+    """
+    feats, max_pts = recipe.model.num_point_features, recipe.model.grid.max_points_per_voxel
+    coords = [np.concatenate([np.full((len(s.coords), 1), b, np.int32), s.coords], axis=1)
+              for b, s in enumerate(samples)]
+    n = max([1, *(len(s.gt_boxes) for s in samples)])
+    boxes = np.zeros((len(samples), n, 9), np.float32)
+    labels = np.zeros((len(samples), n), np.int64)
+    for b, s in enumerate(samples):
+        boxes[b, :len(s.gt_boxes)] = s.gt_boxes
+        labels[b, :len(s.gt_labels)] = s.gt_labels
+    targets = tuple(
+        TaskTargets(*(torch.from_numpy(np.stack([s.targets[t][f] for s in samples])) for f in range(5)))
+        for t in range(len(recipe.model.head.tasks)))
+    voxels = np.concatenate([s.voxels for s in samples]) if samples else np.zeros((0, max_pts, feats), np.float32)
+    return Batch(
+        voxels=torch.from_numpy(voxels),
+        num_points=torch.from_numpy(np.concatenate([s.num_points for s in samples]).astype(np.int32)),
+        coords=torch.from_numpy(np.concatenate(coords).astype(np.int32)),
+        batch_size=len(samples),
+        gt_boxes=torch.from_numpy(boxes),
+        gt_labels=torch.from_numpy(labels),
+        targets=targets,
+        tokens=tuple(s.token for s in samples),
+    )
+
+
+class EpochSampler(Sampler):
+    """Yields (epoch, index) pairs; each pass over it is the next epoch.
+
+    The order is a permutation seeded by (seed, epoch) when shuffling. Passing the epoch with the index
+    keeps augmentation a function of (seed, epoch, index) even in persistent workers.
+
+    Args:
+        length: dataset size. shuffle: permute each epoch. seed: base seed. start_epoch: first epoch.
+    """
+
+    def __init__(self, length: int, shuffle: bool, seed: int, start_epoch: int = 0) -> None:
+        self.length, self.shuffle, self.seed, self.epoch = length, shuffle, seed, start_epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        if self.shuffle:
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed & 0xFFFFFFFF, epoch]))
+            order = rng.permutation(self.length)
+        else:
+            order = np.arange(self.length)
+        return iter([(epoch, int(i)) for i in order])
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def _seed_worker(worker_id: int, seed: int) -> None:
+    # Augmentation draws from per-frame generators; this only pins any library-level randomness.
+    np.random.seed((seed + worker_id) & 0xFFFFFFFF)
+    torch.manual_seed(seed + worker_id)
+    torch.set_num_threads(1)  # workers share the machine's few cores
+
+
+def build_loader(recipe: Recipe, split: str, train: bool, batch_size: int, shuffle: bool, seed: int,
+                 start_epoch: int = 0) -> DataLoader:
+    """A DataLoader of Batch over one split.
+
+    Args:
+        recipe: dataset/model settings; workers = recipe.dataset.workers (persistent when > 0).
+        split: split name. train: augment + training filters. batch_size: frames per batch.
+        shuffle: permute per epoch. seed: order and worker seed. start_epoch: epoch of the first pass.
+
+    Returns:
+        DataLoader whose items are Batch; its ``dataset`` is the NuScenesDataset.
+    """
+    dataset = NuScenesDataset(recipe, split, train)
+    workers = recipe.dataset.workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(dataset), shuffle, seed, start_epoch),
+        collate_fn=functools.partial(collate, recipe=recipe),
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        worker_init_fn=functools.partial(_seed_worker, seed=seed) if workers > 0 else None,
+        drop_last=False,
+    )

@@ -1,0 +1,156 @@
+"""`generate()`: the synthetic world written as a nuScenes dataset, atomically, reusable.
+
+The dataset is built in a hidden folder beside `out` and renamed onto it at the end, so a killed run
+never leaves a half-written dataset. A marker file records the arguments: the same call again
+finds the finished folder and reuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from itkd_cli.core.errors import ItkdError
+from itkd_cli.data.synth.lidar import Lidar
+from itkd_cli.data.synth.presets import Preset, get_preset
+from itkd_cli.data.synth.scene import SceneRenderer, sweep_times
+from itkd_cli.data.synth.writer import CHANNEL, VERSION, static_tables, token, write_tables
+
+MARKER = ".itkd-synth.json"
+FORMAT = 1  # bump when the generator's output changes for the same arguments
+# Custom split names: the devkit treats 'train'/'val' as the official nuScenes scene lists.
+TRAIN_SPLIT, VAL_SPLIT = "synth_train", "synth_val"
+
+Progress = Callable[[int, int], None]
+
+
+def _resolve(preset: str, scenes: Optional[int], frames: Optional[int], seed: int) -> tuple[Preset, dict]:
+    """Check the arguments and return the preset and the full argument record."""
+    p = get_preset(preset)
+    scenes = p.scenes if scenes is None else scenes
+    frames = p.frames if frames is None else frames
+    if scenes < 2:
+        raise ItkdError(f"--scenes: {scenes} is too few", hint="at least 2 (one for training, one for validation)")
+    if frames < 1:
+        raise ItkdError(f"--frames: {frames} must be at least 1")
+    if seed < 0:
+        raise ItkdError(f"--seed: {seed} must be >= 0")
+    val = min(scenes - 1, max(1, round(scenes * p.val_scenes / p.scenes)))
+    return p, {"format": FORMAT, "preset": p.name, "scenes": scenes, "frames": frames, "seed": seed, "val_scenes": val}
+
+
+def _describe(args: object) -> str:
+    """The flags that reproduce a stored argument record."""
+    if not isinstance(args, dict):
+        return "unknown"
+    flags = " ".join(f"--{k} {args[k]}" for k in ("preset", "scenes", "frames", "seed") if k in args)
+    return f"{flags}, generator format {args.get('format')}"
+
+
+def _existing(out: Path, args: dict) -> Optional[dict]:
+    """The stored summary if `out` is a finished dataset of the same arguments; None if `out` is free.
+
+    Raises:
+        ItkdError: `out` is a file, a non-empty foreign folder, or a synth dataset of other arguments.
+    """
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise ItkdError(f"{out}: exists and is not a folder", hint="choose another --out")
+    marker = out / MARKER
+    if not marker.is_file():
+        if any(out.iterdir()):
+            raise ItkdError(f"{out}: folder is not empty and holds no itkd synthetic dataset",
+                            hint="choose a new or empty --out folder")
+        return None
+    try:
+        stored = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ItkdError(f"{marker}: unreadable marker ({exc})", hint=f"delete {out} and run again") from None
+    if stored.get("args") != args:
+        raise ItkdError(f"{out}: holds a synthetic dataset made with other settings ({_describe(stored.get('args'))})",
+                        hint=f"choose another --out, repeat those settings, or delete {out}")
+    return stored["summary"]
+
+
+def _render_all(tmp: Path, p: Preset, args: dict, progress: Optional[Progress]) -> dict:
+    """Render every scene into `tmp` and write the tables; returns the summary."""
+    for folder in ("samples", "sweeps"):
+        (tmp / folder / CHANNEL).mkdir(parents=True)
+    lidar = Lidar(p)
+    renderer = SceneRenderer(tmp, p, args["frames"], args["seed"], lidar)
+    tables = {**static_tables(), "log": [], "sample": [], "sample_data": [], "ego_pose": [],
+              "sample_annotation": [], "instance": [], "scene": []}
+    total = args["scenes"] * len(sweep_times(args["frames"], p.sweeps_between))
+    done = [0]
+
+    def tick(_key: bool) -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], total)
+
+    stats = {"keyframes": 0, "sweeps": 0, "points": 0, "annotations": 0}
+    names = [f"scene-{i + 1:04d}" for i in range(args["scenes"])]
+    for i, name in enumerate(names):
+        records, scene_stats = renderer.render(i, name, tick)
+        for table, rows in records.items():
+            tables[table] += rows
+        for k in stats:
+            stats[k] += scene_stats[k]
+    tables["map"] = [{"token": token(args["seed"], "map"), "log_tokens": [r["token"] for r in tables["log"]],
+                      "category": "semantic_prior", "filename": ""}]
+    n_val = args["val_scenes"]
+    splits = {TRAIN_SPLIT: names[:-n_val], VAL_SPLIT: names[-n_val:]}
+    write_tables(tmp / VERSION, tables, splits)
+    return {"version": VERSION, "preset": p.name, "seed": args["seed"], "scenes": args["scenes"],
+            "frames": args["frames"], "keyframes": stats["keyframes"], "sweeps": stats["sweeps"],
+            "annotations": stats["annotations"],
+            "points_per_keyframe": round(stats["points"] / max(stats["keyframes"], 1), 1),
+            "splits": {k: len(v) for k, v in splits.items()}}
+
+
+def generate(out: str | Path, scenes: Optional[int] = None, frames: Optional[int] = None, seed: int = 0,
+             preset: str = "default", progress: Optional[Progress] = None) -> dict:
+    """Write the synthetic world as a nuScenes dataset (version folder `v1.0-synth`) under `out`.
+
+    Args:
+        out: Dataset root to create (must be absent, empty, or a finished run of the same arguments).
+        scenes: Number of scenes (default: the preset's).
+        frames: Keyframes per scene (default: the preset's).
+        seed: Random seed; the same seed gives byte-identical files.
+        preset: Preset name (see presets.py).
+        progress: Optional callable(sweeps_done, sweeps_total).
+
+    Returns:
+        Summary dict: out, version, counts, points per keyframe, split sizes, seconds, reused.
+
+    Raises:
+        ItkdError: bad arguments, or `out` is taken by something else.
+    """
+    p, args = _resolve(preset, scenes, frames, seed)
+    out = Path(out)
+    stored = _existing(out, args)
+    if stored is not None:
+        return {**stored, "out": str(out), "seconds": 0.0, "reused": True}
+    start = time.perf_counter()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.synth-", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset gets normal permissions
+    except OSError as exc:
+        raise ItkdError(f"{out}: cannot write here ({exc.strerror or exc})") from None
+    try:
+        summary = _render_all(tmp, p, args, progress)
+        (tmp / MARKER).write_text(json.dumps({"args": args, "summary": summary}, indent=2) + "\n")
+        os.replace(tmp, out)  # onto an absent or empty folder: atomic
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {**summary, "out": str(out), "seconds": round(time.perf_counter() - start, 2), "reused": False}
