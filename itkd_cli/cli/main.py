@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Optional
 
 import typer
 
 from itkd_cli import __version__
 from itkd_cli.cli.common import STATE
+
+# spconv/cumm decorate with torch.cuda.amp APIs that torch deprecates: 8 warnings per process, not ours.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"(spconv|cumm)(\.|$)")
 
 app = typer.Typer(
     name="itkd",
@@ -28,6 +32,8 @@ COMMAND_MODULES: list[tuple[str, Optional[str]]] = [
     ("itkd_cli.cli.train_cmd", None),
     ("itkd_cli.cli.eval_cmd", None),
     ("itkd_cli.cli.compress_cmd", None),
+    ("itkd_cli.cli.demo_cmd", None),
+    ("itkd_cli.cli.info_cmd", None),
 ]
 
 

@@ -10,17 +10,18 @@ import typer
 
 from itkd_cli.cli.common import STATE, JsonOpt, SetOpt, emit_json, handle_errors, say
 from itkd_cli.core.errors import ItkdError
-from itkd_cli.recipe.load import load_recipe
+from itkd_cli.recipe.load import apply_overrides, load_recipe, validate
 from itkd_cli.recipe.schema import Recipe
 
 
 @handle_errors
 def train_command(
-    recipe: str = typer.Option("synth-pillar", "--recipe", "-r", help="Recipe name or path."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe name or path (default synth-pillar; with --resume, the run's own recipe)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/teacher, or the --resume folder)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run exactly from its folder (or a checkpoint)."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from these weights only (fresh optimiser and schedule)."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate on the val split every train.eval_every epochs and at the end."),
+    keep_epochs: bool = typer.Option(False, "--keep-epochs", help="Also keep epoch_N.pth after each epoch."),
     overrides: List[str] = SetOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -29,16 +30,36 @@ def train_command(
 
     if resume is not None and init_from is not None:
         raise ItkdError("--resume and --init-from: pick one (resume continues a run, init-from only loads weights)")
-    rec = load_recipe(recipe, overrides)
+    rec = _recipe(recipe, resume, overrides)
     if out is None:
         out = (resume if resume.is_dir() else resume.parent) if resume is not None else Path("runs/teacher")
-    say(f"training {recipe} -> {out}")
-    last = train(rec, out, resume=resume, init_from=init_from, quiet=STATE["quiet"] or json_out,
-                 eval_fn=eval_hook(rec, out) if evaluate else None)
+    say(f"training {recipe or ('the resumed run' if resume else 'synth-pillar')} -> {out}")
+    try:
+        last = train(rec, out, resume=resume, init_from=init_from, quiet=STATE["quiet"] or json_out,
+                     eval_fn=eval_hook(rec, out) if evaluate else None, keep_epochs=keep_epochs)
+    except KeyboardInterrupt:
+        if (out / "last.pth").is_file():
+            say(f"stopped: {out / 'last.pth'} holds the last completed step; continue with "
+                f"`itkd train --resume {out}`")
+        raise
     if json_out:
         emit_json({"checkpoint": str(last), "out": str(out), "metrics": str(out / "metrics.jsonl")})
     else:
         say(f"[green]done[/]: {last}")
+
+
+def _recipe(name: Optional[str], resume: Optional[Path], overrides: List[str]) -> Recipe:
+    """The named recipe; without a name, a resumed run's stored recipe (else the embedded default)."""
+    if name is not None or resume is None:
+        return load_recipe(name or "synth-pillar", overrides)
+    from itkd_cli.train.state import load_checkpoint_dict
+    from itkd_cli.train.train import resolve_resume
+
+    ckpt = resolve_resume(resume)
+    stored = load_checkpoint_dict(ckpt).get("recipe")
+    if not isinstance(stored, dict):
+        raise ItkdError(f"{ckpt}: stores no recipe", hint="pass --recipe")
+    return validate(apply_overrides(stored, overrides), f"{ckpt}: recipe")
 
 
 def eval_hook(recipe: Recipe, out: Path) -> Callable[[Path, int], dict]:

@@ -76,6 +76,9 @@ def verification_markdown(reports: Sequence[FrameReport], atol: float) -> str:
                      f"{d.max_score_diff:.3g}, max box diff {d.max_box_diff:.3g} (relative, yaw in rad) over matched pairs; "
                      f"{d.tie_ambiguous} unmatched only through score ties, {d.unexplained} unexplained; "
                      f"tolerance atol {atol:g}, boxes {atol * 10:g}.\n")
+        if any(o.name == "boxes" for o in r.outputs):
+            parts.append("With in-graph top-K, `scores` is compared sorted and `boxes`/`labels` through the box "
+                         "matching above (row order among equal scores is arbitrary); their rows are informative.\n")
     return "\n".join(parts)
 
 

@@ -59,7 +59,8 @@ def _torch_load(path: Path) -> Any:
             raise ItkdError(
                 f"{path}: refused: the file needs arbitrary unpickling{what}, which could execute code "
                 "on this machine", hint=_RESAVE_HINT) from None
-        raise ItkdError(f"{path}: not a PyTorch checkpoint ({text.splitlines()[0] if text else 'bad pickle'})") from None
+        first = text.splitlines()[0] if text else "bad pickle"
+        raise ItkdError(f"{path}: not a PyTorch checkpoint ({first})") from None
     except OSError as exc:
         raise ItkdError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except (RuntimeError, EOFError, KeyError, ValueError, AttributeError, IndexError, TypeError) as exc:
@@ -78,7 +79,10 @@ def _load_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise ItkdError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
     if "recipe" in meta:
-        meta["recipe"] = json.loads(meta["recipe"])
+        try:
+            meta["recipe"] = json.loads(meta["recipe"])
+        except ValueError:
+            raise ItkdError(f"{path}: safetensors metadata 'recipe' is not valid JSON") from None
     return sd, meta
 
 
@@ -133,6 +137,8 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
         ItkdError: missing/unreadable file, a pickle needing arbitrary code, not a CenterPoint checkpoint.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ItkdError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise ItkdError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":

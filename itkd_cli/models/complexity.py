@@ -88,9 +88,17 @@ def _dense_macs(module: nn.Module, inp: Tensor, out: Tensor) -> int:
 
 
 def _sparse_macs(module: SparseConvolution, out) -> int:
-    """Pairs spconv built for this layer (all kernel offsets) x C_in x C_out."""
+    """Input-output pairs spconv built for this layer (all kernel offsets) x C_in x C_out.
+
+    spconv's native submanifold rulebook stores only half of the non-centre offsets (offset k and
+    its mirror are the same pairs swapped) and handles the centre as a plain matmul over all N
+    sites, so its pairs are N + 2 x sum(indice_pair_num). Regular convs store every offset.
+    """
     data = out.indice_dict[module.indice_key]
-    pairs = int(data.indice_pair_num.sum())
+    if not hasattr(data, "indice_pair_num"):
+        raise ValueError(f"sparse MACs are counted from the native (CPU) rulebook, got {type(data).__name__}")
+    stored = int(data.indice_pair_num.sum())
+    pairs = out.features.shape[0] + 2 * stored if module.subm else stored
     return pairs * (module.in_channels // module.groups) * module.out_channels
 
 

@@ -117,6 +117,11 @@ def _restore(run: _Run, model: nn.Module, aux: dict[str, nn.Module], ckpt_path: 
     if ckpt.get("optimizer") is None or ckpt.get("scheduler") is None:
         raise ItkdError(f"{ckpt_path}: holds no optimiser state, cannot resume",
                         hint="use --init-from to start a new run from its weights")
+    planned, stored = run.scheduler.total_steps, ckpt["scheduler"].get("total_steps")
+    if stored != planned:
+        raise ItkdError(f"{ckpt_path}: its schedule has {stored} steps, this run {planned} (train.epochs, "
+                        "train.batch_size or the data changed): an exact resume needs the same schedule",
+                        hint="restore those settings, or use --init-from to start a new schedule from its weights")
     try:
         run.optimizer.load_state_dict(ckpt["optimizer"])
         run.scheduler.load_state_dict(ckpt["scheduler"])
@@ -198,7 +203,7 @@ def fit(model: nn.Module, step_fn: StepFn, loader: Iterable, cfg: TrainConfig, o
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     spe = len(loader)  # type: ignore[arg-type]
     if spe == 0:
-        raise ItkdError(f"{cfg.batch_size=}: the training split yields no batch")
+        raise ItkdError(f"train.batch_size: {cfg.batch_size} leaves no batch in the training split")
     total = cfg.epochs * spe
     run = _build_run(model, aux, cfg, total, device)
     step, rng, last = 0, None, out_dir / LAST
@@ -244,6 +249,8 @@ def fit(model: nn.Module, step_fn: StepFn, loader: Iterable, cfg: TrainConfig, o
                 metrics = eval_fn(last, epoch_done)
                 logger.log_eval(step, epoch_done, metrics)
                 save(epoch_done, metrics)
+                for m in run.modules:  # an in-memory evaluator may have switched to eval mode
+                    m.train()
     if guard.requested:
         raise KeyboardInterrupt
     return FitResult(last, step // spe, step)

@@ -47,7 +47,8 @@ def resolve_resume(resume: Path) -> Path:
 
 
 def train(recipe: Recipe, out_dir: Path, resume: Optional[Path] = None, init_from: Optional[Path] = None,
-          quiet: bool = False, eval_fn: Optional[EvalFn] = None, device: Optional[torch.device] = None) -> Path:
+          quiet: bool = False, eval_fn: Optional[EvalFn] = None, device: Optional[torch.device] = None,
+          keep_epochs: bool = False) -> Path:
     """Train the recipe's detector as a teacher; checkpoints go to ``out_dir/last.pth``.
 
     Args:
@@ -58,6 +59,7 @@ def train(recipe: Recipe, out_dir: Path, resume: Optional[Path] = None, init_fro
         quiet: no progress bar.
         eval_fn: eval_fn(checkpoint, epoch) -> metrics, every train.eval_every epochs and at the end.
         device: default CUDA when available.
+        keep_epochs: also keep epoch_N.pth after each completed epoch.
 
     Returns:
         Path of the last checkpoint.
@@ -87,7 +89,7 @@ def train(recipe: Recipe, out_dir: Path, resume: Optional[Path] = None, init_fro
     write_text(out_dir / "recipe.yaml", dump_yaml(recipe))
     result: FitResult = fit(model, detector_step(model, recipe), loader, cfg, out_dir,
                             recipe.model_dump(mode="json"), "teacher", resume=resume_ckpt, eval_fn=eval_fn,
-                            quiet=quiet, device=device)
+                            quiet=quiet, device=device, keep_epochs=keep_epochs)
     return result.last
 
 

@@ -45,9 +45,9 @@ def test_train_writes_checkpoint_metrics_and_resumes(world, tmp_path):
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2] and all(r["loss"] > 0 for r in lines)
     assert (run / "recipe.yaml").is_file() and (run / "tb").is_dir()
-    # --resume continues in the same folder up to the new limit
-    result = CliRunner().invoke(app, ["--quiet", "train", "--recipe", "synth-pillar", "--resume", str(run),
-                                      "--no-eval", *common, *_sets("train.max_steps=3")])
+    # --resume continues in the same folder, with the run's stored recipe, up to the new limit
+    result = CliRunner().invoke(app, ["--quiet", "train", "--resume", str(run), "--no-eval",
+                                      *_sets("train.max_steps=3")])
     assert result.exit_code == 0, result.output
     assert torch.load(run / "last.pth", weights_only=True)["step"] == 3
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]

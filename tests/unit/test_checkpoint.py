@@ -118,8 +118,9 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind, match", [
     ("missing", "no such checkpoint file"), ("text", "not a PyTorch checkpoint"), ("empty", "not a PyTorch checkpoint"),
-    ("resnet", "not a CenterPoint checkpoint"), ("list", "not a checkpoint"), ("other-dict", "not a checkpoint we know"),
-    ("bad-safetensors", "not a readable safetensors"), ("folder", "no such checkpoint file")])
+    ("resnet", "not a CenterPoint checkpoint"), ("list", "not a checkpoint"),
+    ("other-dict", "not a checkpoint we know"),
+    ("bad-safetensors", "not a readable safetensors"), ("folder", "is a folder")])
 def test_bad_inputs_are_one_line_errors(tmp_path: Path, kind: str, match: str) -> None:
     path = tmp_path / ("x.safetensors" if kind == "bad-safetensors" else "x.pth")
     if kind in ("text", "bad-safetensors"):

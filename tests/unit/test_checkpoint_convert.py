@@ -145,7 +145,8 @@ def test_global_step_added_and_params_counted() -> None:
 
 def test_describe_pillar_facts() -> None:
     sd = {"vfe.pfn_layers.0.linear.weight": torch.zeros(32, 11), "vfe.pfn_layers.1.linear.weight": torch.zeros(64, 64),
-          "backbone_2d.blocks.0.1.weight": torch.zeros(64, 64, 3, 3), "backbone_2d.blocks.0.4.weight": torch.zeros(64, 64, 3, 3),
+          "backbone_2d.blocks.0.1.weight": torch.zeros(64, 64, 3, 3),
+          "backbone_2d.blocks.0.4.weight": torch.zeros(64, 64, 3, 3),
           "backbone_2d.deblocks.0.1.weight": torch.zeros(128),
           "dense_head.shared_conv.0.weight": torch.zeros(64, 128, 3, 3),
           "dense_head.heads_list.0.hm.0.0.weight": torch.zeros(64, 64, 3, 3),

@@ -58,11 +58,16 @@ def test_points_in_boxes_matches_devkit():
     assert ours.sum() > 150  # enough points inside to mean something
 
 
-def test_points_in_boxes_chunks_and_empty():
-    pts = np.random.default_rng(1).uniform(-2, 2, size=(1000, 3))
+def test_points_in_boxes_far_from_origin_and_empty():
+    # global-frame coordinates (~1 km) in float32, as inspect uses them: same answer as near the origin
+    pts = np.random.default_rng(1).uniform(-2, 2, size=(1000, 3)).astype(np.float32)
     box = np.array([[0, 0, 0, 2, 1, 1, 0.3]])
-    np.testing.assert_array_equal(points_in_boxes(pts, box, chunk=7), points_in_boxes(pts, box))
+    shift = np.array([600.0, 1100.0, 0.0], np.float32)
+    far_box = box.copy()
+    far_box[0, :3] += shift
+    np.testing.assert_array_equal(points_in_boxes(pts + shift, far_box).sum(), points_in_boxes(pts, box).sum())
     assert points_in_boxes(np.zeros((0, 3)), box).shape == (0, 1)
+    assert points_in_boxes(pts, np.zeros((0, 7))).shape == (1000, 0)
 
 
 def test_bev_overlaps_rotated():

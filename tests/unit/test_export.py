@@ -165,6 +165,10 @@ def test_compare_detections_tolerates_score_ties_and_threshold_band():
     got = _dets([[5, 0, 0, 1, 1, 1, 0, 0, 0], [9, 0, 0, 1, 1, 1, 0, 0, 0]], [0.4, 0.4], [0, 0])
     d = compare_detections(ref, got, threshold=0.1, atol=1e-3)
     assert d.unexplained == 0 and d.tie_ambiguous == 1
+    # A tie of the other label does not excuse a moved box.
+    lone = _dets([[0, 0, 0, 1, 1, 1, 0, 0, 0], [5, 0, 0, 1, 1, 1, 0, 0, 0]], [0.4, 0.4], [0, 1])
+    moved = _dets([[0, 0, 0, 1, 1, 1, 0, 0, 0], [7, 0, 0, 1, 1, 1, 0, 0, 0]], [0.4, 0.4], [0, 1])
+    assert compare_detections(lone, moved, threshold=0.1, atol=1e-3).unexplained == 2
     # A box scoring at the threshold may exist on one side only.
     edge = _dets([[0, 0, 0, 1, 1, 1, 0, 0, 0]], [0.1002], [0])
     none = _dets(np.zeros((0, 9)), [], [])

@@ -1,4 +1,7 @@
-"""Tiny pillar / voxel recipes and checkpoints for the export tests (real frames: the shared nuScenes fixture).
+"""Tiny pillar / voxel recipes and checkpoints for the export tests.
+
+Verification frames are real synthetic frames: `itkd_cli.data.synth.generate(preset='small')` written into a
+temporary folder, read back through our own nuScenes-format pipeline (split synth_val, 3 frames).
 
 Imported by tests/unit/test_export*.py and tests/reference/test_onnx_parity.py; holds no tests itself.
 """
@@ -7,14 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-FIXTURE = SHARED / "fixtures" / "nuscenes-v1.0-mini-1sample"
-SPLIT = "mini_train"  # scene-0061, the fixture's one sample
+SPLIT = "synth_val"
 
-_DATA = ["dataset.version=v1.0-mini", "dataset.sweeps=1", "dataset.class_names=[car, pedestrian]",
+_DATA = ["dataset.version=v1.0-synth", "dataset.class_names=[car, pedestrian]",
          "model.head.tasks=[[car], [pedestrian]]", "model.post.pre_max=100"]
 PILLAR = ["model.grid.point_range=[-20.48, -20.48, -5.0, 20.48, 20.48, 3.0]", "model.vfe.filters=[16, 16]",
           "model.backbone_2d.layer_nums=[1, 1]", "model.backbone_2d.layer_strides=[2, 2]",
@@ -29,19 +29,20 @@ VOXEL = ["model.grid.point_range=[-20.48, -20.48, -5.0, 20.48, 20.48, 3.0]", "mo
          "model.head.head_conv_channels=8"]
 
 
-def need_fixture() -> Path:
-    """The real one-sample nuScenes fixture beside the checkout, or skip."""
-    if not FIXTURE.is_dir():
-        pytest.skip(f"{FIXTURE} is absent (real fixtures live in ../shared beside the checkout)")
-    return FIXTURE
+def synth_world(root: Path) -> Path:
+    """Generate the 'small' synthetic world under ``root`` (about a second; reused when present)."""
+    from itkd_cli.data.synth.generate import generate
+
+    generate(root, preset="small", seed=0)
+    return root
 
 
-def tiny_recipe(kind: str, cache_dir: Path):
-    """A small pillar ('pillar') or voxel ('voxel') recipe reading the shared fixture."""
+def tiny_recipe(kind: str, tmp: Path):
+    """A small pillar ('pillar') or voxel ('voxel') recipe reading a synthetic world under ``tmp``."""
     from itkd_cli.recipe import load_recipe
 
     base = "synth-pillar" if kind == "pillar" else "centerpoint-voxel-nuscenes"
-    sets = [f"dataset.root={need_fixture()}", f"dataset.cache_dir={cache_dir}", *_DATA,
+    sets = [f"dataset.root={synth_world(tmp / 'synth')}", *_DATA,
             *(PILLAR if kind == "pillar" else VOXEL)]
     return load_recipe(base, sets)
 
@@ -63,7 +64,7 @@ def tiny_checkpoint(kind: str, tmp: Path, seed: int = 0) -> Path:
     from itkd_cli.models.build import build_model
     from itkd_cli.models.checkpoint import save_checkpoint
 
-    recipe = tiny_recipe(kind, tmp / "cache")
+    recipe = tiny_recipe(kind, tmp)
     torch.manual_seed(seed)
     model = build_model(recipe.model)
     randomize_bn(model, seed)

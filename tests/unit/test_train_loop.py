@@ -133,8 +133,9 @@ def test_eval_hook_every_n_epochs_and_at_end(tmp_path):
         seen.append(epoch)
         return {"mAP": 0.1 * epoch}
 
-    _run(tmp_path, _cfg(eval_every=2), eval_fn=eval_fn)
+    _run(tmp_path, _cfg(eval_every=2), eval_fn=eval_fn, keep_epochs=True)
     assert seen == [2, 3]
+    assert [torch.load(tmp_path / f"epoch_{e}.pth", weights_only=True)["step"] for e in (1, 2, 3)] == [4, 8, 12]
     assert torch.load(tmp_path / "last.pth", weights_only=True)["metrics"] == {"mAP": pytest.approx(0.3)}
     evals = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if "eval" in x]
     assert [e["epoch"] for e in evals] == [2, 3]
@@ -153,3 +154,9 @@ def test_resume_of_other_architecture_lists_keys(tmp_path):
     with pytest.raises(ItkdError, match="missing .*net.0.weight"):
         fit(other, lambda b: (other(b[0]).sum(), {}), _loader(), _cfg(), tmp_path, {}, "teacher",
             resume=tmp_path / "last.pth", quiet=True)
+
+
+def test_resume_with_another_schedule_is_refused(tmp_path):
+    _run(tmp_path, _cfg(max_steps=2))
+    with pytest.raises(ItkdError, match="schedule has 12 steps, this run 20"):
+        _run(tmp_path, _cfg(epochs=5), resume=tmp_path / "last.pth")
