@@ -101,7 +101,6 @@ def test_corrupted_weight_in_onnx_is_caught_and_file_named(exported, tmp_path):
     bad = tmp_path / "broken.onnx"
     _corrupt(res.onnx, bad)
     model, recipe, _ = load_checkpoint_model(ck)
-    recipe = recipe.model_copy(update={"dataset": recipe.dataset})
     frames = [f for f, _ in _frames(model, recipe, SPLIT)]
     graph = build_graph(model, recipe.model, recipe.dataset.class_names, False)
     with pytest.raises(JobFailed) as err:
