@@ -1,0 +1,193 @@
+"""itKD vs the student alone, the baselines and itKD ablations, on the embedded synthetic default.
+
+Usage:
+    .venv/bin/python benchmarks/bench_compare.py --out runs/compare [--preset default] [--scenes N]
+        [--seed 0] [--teacher-epochs N] [--student-epochs N] [--teacher PATH] [--ratio 0.25]
+        [--max-eval-frames N] [--only NAME ...]
+
+One synthetic world (out/world), one teacher (out/teacher/last.pth, or --teacher), then every student
+run goes through the same code as `itkd compress` (compress_recipe + compress) with the SAME schedule
+and seed; only the method / distill overrides differ. A run whose report.json exists is skipped, so a
+killed benchmark resumes where it stopped. Prints one table and writes comparison.md / comparison.json.
+
+Columns: mAP, NDS (official nuScenes DetectionEval on the val split), params and GMACs (profile on the
+first val frame), train step time (median sec_per_step of the run's train/metrics.jsonl) and
+gap closed = (mAP_run - mAP_alone) / (mAP_teacher - mAP_alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from itkd_cli.core.io import write_json, write_text
+from itkd_cli.pipeline.report import read_metrics_log
+
+RECIPE = "synth-pillar"
+# (run name, --method, extra --set overrides); "none" is the reference "student alone".
+RUNS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("none", "none", ()),
+    ("hinton", "hinton", ()),
+    ("fitnet", "fitnet", ()),
+    ("sparsekd", "sparsekd", ()),
+    ("itkd", "itkd", ()),
+    ("itkd w/o L_cr", "itkd", ("distill.itkd.w_cr=0",)),
+    ("itkd w/o L_it", "itkd", ("distill.itkd.w_it=0",)),
+    ("itkd w/o head attn", "itkd", ("distill.itkd.w_head=0",)),
+)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def slug(name: str) -> str:
+    """Folder name of a run: 'itkd w/o L_cr' -> 'itkd_wo_L_cr'."""
+    return name.replace("w/o", "wo").replace(" ", "_").replace("/", "_")
+
+
+def common_sets(world: Path, epochs: int, seed: int, workers: int) -> list[str]:
+    return [f"dataset.root={world}", f"train.epochs={epochs}", f"train.seed={seed}", f"dataset.workers={workers}"]
+
+
+def make_world(out: Path, preset: str, scenes: Optional[int], seed: int) -> Path:
+    """Generate (or reuse: generate() accepts a finished run of the same arguments) the synthetic world."""
+    from itkd_cli.data.synth import generate
+
+    world = out / "world"
+    t0 = time.perf_counter()
+    summary = generate(world, scenes=scenes, seed=seed, preset=preset)
+    log(f"world {world}: reused={summary.get('reused')} ({time.perf_counter() - t0:.0f} s)")
+    return world
+
+
+def make_teacher(out: Path, world: Path, epochs: int, seed: int, workers: int) -> Path:
+    """Train the teacher once (out/teacher/last.pth); a finished teacher is reused."""
+    from itkd_cli.recipe.load import load_recipe
+    from itkd_cli.train.train import train
+
+    run = out / "teacher"
+    last = run / "last.pth"
+    done = run / "done.txt"
+    if done.is_file() and last.is_file():
+        log(f"teacher {last}: reused")
+        return last
+    recipe = load_recipe(RECIPE, common_sets(world, epochs, seed, workers))
+    t0 = time.perf_counter()
+    train(recipe, run, resume=run if last.is_file() else None, quiet=True)
+    write_text(done, f"trained {epochs} epochs in {time.perf_counter() - t0:.0f} s\n")
+    log(f"teacher {last}: trained {epochs} epochs in {time.perf_counter() - t0:.0f} s")
+    return last
+
+
+def run_one(out: Path, name: str, method: str, extra: tuple[str, ...], teacher: Path, sets: list[str],
+            ratio: float, max_eval_frames: Optional[int]) -> dict[str, Any]:
+    """One `itkd compress` run (skipped when its report.json exists); returns its report."""
+    import json
+
+    from itkd_cli.pipeline.compress import compress, compress_recipe
+
+    run = out / "runs" / slug(name)
+    report = run / "report.json"
+    if report.is_file():
+        log(f"{name}: reused {report}")
+        return json.loads(report.read_text())
+    teacher_eval = out / "teacher_eval" / "metrics.json"
+    if teacher_eval.is_file():  # same teacher, same split: compress reuses eval_teacher/metrics.json
+        (run / "eval_teacher").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(teacher_eval, run / "eval_teacher" / "metrics.json")
+    recipe = compress_recipe(teacher, RECIPE, [*sets, *extra], ratio, None, method)
+    t0 = time.perf_counter()
+    resume = (run / "train" / "last.pth").is_file()
+    result = compress(recipe, teacher, run, resume=resume, quiet=True, max_eval_frames=max_eval_frames, log=log)
+    if not teacher_eval.is_file():
+        teacher_eval.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run / "eval_teacher" / "metrics.json", teacher_eval)
+    log(f"{name}: done in {time.perf_counter() - t0:.0f} s, mAP {result.report['student']['mAP']:.4f}")
+    return result.report
+
+
+def step_time(run: Path) -> Optional[float]:
+    """Median sec_per_step logged by the run's training loop."""
+    values = [r["sec_per_step"] for r in read_metrics_log(run / "train" / "metrics.jsonl") if "sec_per_step" in r]
+    return statistics.median(values) if values else None
+
+
+def table(out: Path, reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows: teacher first, then every run with the fraction of the teacher - alone mAP gap it closes."""
+    any_report = next(iter(reports.values()))
+    t = any_report["teacher"]
+    alone = reports["none"]["student"]["mAP"] if "none" in reports else None
+    gap = t["mAP"] - alone if alone is not None else None
+    rows = [{"method": "teacher", "mAP": t["mAP"], "NDS": t["NDS"], "params": t["params"], "gmacs": t["gmacs"],
+             "sec_per_step": _teacher_step(out), "gap_closed": 1.0}]
+    for name, rep in reports.items():
+        s = rep["student"]
+        closed = (s["mAP"] - alone) / gap if gap else None
+        rows.append({"method": name, "mAP": s["mAP"], "NDS": s["NDS"], "params": s["params"], "gmacs": s["gmacs"],
+                     "sec_per_step": step_time(out / "runs" / slug(name)), "gap_closed": closed})
+    return rows
+
+
+def _teacher_step(out: Path) -> Optional[float]:
+    values = [r["sec_per_step"] for r in read_metrics_log(out / "teacher" / "metrics.jsonl") if "sec_per_step" in r]
+    return statistics.median(values) if values else None
+
+
+def _f(v: Any, fmt: str) -> str:
+    return "n/a" if v is None else fmt.format(v)
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = ["| method | mAP | NDS | params | GMACs | train s/step | gap closed |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {_f(r['mAP'], '{:.4f}')} | {_f(r['NDS'], '{:.4f}')} | "
+                     f"{_f(r['params'], '{:,.0f}')} | {_f(r['gmacs'], '{:.2f}')} | "
+                     f"{_f(r['sec_per_step'], '{:.3f}')} | {_f(r['gap_closed'], '{:+.2f}')} |")
+    lines += ["", "teacher s/step is the teacher's own training step; students' include the frozen teacher forward.",
+              "", "```", " ".join(meta["command"]), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/compare"))
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--scenes", type=int, default=None, help="override the preset's scene count")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--teacher-epochs", type=int, default=12)
+    ap.add_argument("--student-epochs", type=int, default=12)
+    ap.add_argument("--teacher", type=Path, default=None, help="reuse this teacher (trained on the same world)")
+    ap.add_argument("--ratio", type=float, default=0.25)
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (0: share few cores politely)")
+    ap.add_argument("--max-eval-frames", type=int, default=None)
+    ap.add_argument("--only", nargs="*", default=None, help="run only these names (see RUNS)")
+    args = ap.parse_args(argv)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    world = make_world(out, args.preset, args.scenes, args.seed)
+    teacher = args.teacher or make_teacher(out, world, args.teacher_epochs, args.seed, args.workers)
+    sets = common_sets(world, args.student_epochs, args.seed, args.workers)
+    reports = {}
+    for name, method, extra in RUNS:
+        if args.only is not None and name not in args.only:
+            continue
+        reports[name] = run_one(out, name, method, extra, teacher, sets, args.ratio, args.max_eval_frames)
+    rows = table(out, reports)
+    meta = {"command": [Path(sys.executable).name, *sys.argv], "preset": args.preset, "scenes": args.scenes,
+            "seed": args.seed, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
+            "ratio": args.ratio, "teacher": str(teacher), "split": next(iter(reports.values()))["split"]}
+    md = markdown(rows, meta)
+    write_text(out / "comparison.md", md)
+    write_json(out / "comparison.json", {"meta": meta, "rows": rows})
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
