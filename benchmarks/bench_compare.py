@@ -51,8 +51,10 @@ def slug(name: str) -> str:
     return name.replace("w/o", "wo").replace(" ", "_").replace("/", "_")
 
 
-def common_sets(world: Path, epochs: int, seed: int, workers: int) -> list[str]:
-    return [f"dataset.root={world}", f"train.epochs={epochs}", f"train.seed={seed}", f"dataset.workers={workers}"]
+def common_sets(world: Path, epochs: int, seed: int, workers: int, extra: list[str]) -> list[str]:
+    """Overrides shared by the teacher and every student run (only train.epochs differs between the two)."""
+    return [f"dataset.root={world}", f"train.epochs={epochs}", f"train.seed={seed}", f"dataset.workers={workers}",
+            *extra]
 
 
 def make_world(out: Path, preset: str, scenes: Optional[int], seed: int) -> Path:
@@ -66,7 +68,7 @@ def make_world(out: Path, preset: str, scenes: Optional[int], seed: int) -> Path
     return world
 
 
-def make_teacher(out: Path, world: Path, epochs: int, seed: int, workers: int) -> Path:
+def make_teacher(out: Path, world: Path, epochs: int, seed: int, workers: int, extra: list[str]) -> Path:
     """Train the teacher once (out/teacher/last.pth); a finished teacher is reused."""
     from itkd_cli.recipe.load import load_recipe
     from itkd_cli.train.train import train
@@ -77,7 +79,7 @@ def make_teacher(out: Path, world: Path, epochs: int, seed: int, workers: int) -
     if done.is_file() and last.is_file():
         log(f"teacher {last}: reused")
         return last
-    recipe = load_recipe(RECIPE, common_sets(world, epochs, seed, workers))
+    recipe = load_recipe(RECIPE, common_sets(world, epochs, seed, workers, extra))
     t0 = time.perf_counter()
     train(recipe, run, resume=run if last.is_file() else None, quiet=True)
     write_text(done, f"trained {epochs} epochs in {time.perf_counter() - t0:.0f} s\n")
@@ -166,13 +168,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--ratio", type=float, default=0.25)
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (0: share few cores politely)")
     ap.add_argument("--max-eval-frames", type=int, default=None)
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="recipe override for the teacher and every student, e.g. train.batch_size=2")
     ap.add_argument("--only", nargs="*", default=None, help="run only these names (see RUNS)")
     args = ap.parse_args(argv)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     world = make_world(out, args.preset, args.scenes, args.seed)
-    teacher = args.teacher or make_teacher(out, world, args.teacher_epochs, args.seed, args.workers)
-    sets = common_sets(world, args.student_epochs, args.seed, args.workers)
+    teacher = args.teacher or make_teacher(out, world, args.teacher_epochs, args.seed, args.workers, args.sets)
+    sets = common_sets(world, args.student_epochs, args.seed, args.workers, args.sets)
     reports = {}
     for name, method, extra in RUNS:
         if args.only is not None and name not in args.only:
@@ -181,7 +185,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = table(out, reports)
     meta = {"command": [Path(sys.executable).name, *sys.argv], "preset": args.preset, "scenes": args.scenes,
             "seed": args.seed, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
-            "ratio": args.ratio, "teacher": str(teacher), "split": next(iter(reports.values()))["split"]}
+            "ratio": args.ratio, "sets": args.sets, "teacher": str(teacher), "split": next(iter(reports.values()))["split"]}
     md = markdown(rows, meta)
     write_text(out / "comparison.md", md)
     write_json(out / "comparison.json", {"meta": meta, "rows": rows})

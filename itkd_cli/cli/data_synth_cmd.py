@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from itkd_cli.cli.common import STATE, JsonOpt, console, emit_json, handle_errors, say
-from itkd_cli.data.synth import PRESETS, generate
+from itkd_cli.data.synth.presets import PRESETS
 
 
 def _print_summary(summary: dict) -> None:
@@ -39,6 +39,8 @@ def register(app: typer.Typer) -> None:
         json_out: bool = JsonOpt,
     ) -> None:
         """Render a procedural street with a simulated 32-beam LiDAR into nuScenes format (v1.0-synth)."""
+        from itkd_cli.data.synth import generate
+
         columns = (TextColumn("rendering sweeps"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=console, transient=True, disable=STATE["quiet"]) as progress:
             task = progress.add_task("synth", total=None)

@@ -25,15 +25,15 @@ app = typer.Typer(
 # (module, sub-command group name or None for a single command registered by the module)
 # Each module exposes `app` (a Typer group) or `register(app)` (top-level commands).
 COMMAND_MODULES: list[tuple[str, Optional[str]]] = [
-    ("itkd_cli.cli.recipe_cmd", "recipe"),
-    ("itkd_cli.cli.data_cmd", "data"),
-    ("itkd_cli.cli.checkpoint_cmd", "checkpoint"),
+    ("itkd_cli.cli.demo_cmd", None),
+    ("itkd_cli.cli.compress_cmd", None),
+    ("itkd_cli.cli.eval_cmd", None),
     ("itkd_cli.cli.export_cmd", None),
     ("itkd_cli.cli.train_cmd", None),
-    ("itkd_cli.cli.eval_cmd", None),
-    ("itkd_cli.cli.compress_cmd", None),
-    ("itkd_cli.cli.demo_cmd", None),
     ("itkd_cli.cli.info_cmd", None),
+    ("itkd_cli.cli.data_cmd", "data"),
+    ("itkd_cli.cli.checkpoint_cmd", "checkpoint"),
+    ("itkd_cli.cli.recipe_cmd", "recipe"),
 ]
 
 

@@ -125,7 +125,8 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, opset: Optional[int
     model, recipe, role = load_checkpoint_model(checkpoint)
     recipe = with_dataset(recipe, data_root, version, overrides)
     cfg = recipe.export
-    opset, atol = opset or cfg.opset, atol or cfg.atol
+    opset = cfg.opset if opset is None else opset
+    atol = cfg.atol if atol is None else atol
     with_decode = cfg.with_decode if with_decode is None else with_decode
     split = split or recipe.dataset.val_split
     progress(f"reading 2 frames of {recipe.dataset.root} / {split}")

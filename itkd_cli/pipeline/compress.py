@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 import torch
 
 from itkd_cli.core.errors import ItkdError
+from itkd_cli.core.io import write_json
 from itkd_cli.core.types import Batch
 from itkd_cli.data.loader import build_loader
 from itkd_cli.distill.baselines import build_kd, kd_lambda
@@ -72,20 +75,26 @@ def _step_fn(pair, kd, lam: float, label_kd: Optional[LabelKD]) -> Callable[[Bat
     return step
 
 
-def _teacher_metrics(recipe: Recipe, pair, out_dir: Path, max_frames: Optional[int]) -> dict[str, Any]:
-    """Teacher metrics on the val split, reused from an earlier run of the same folder."""
-    cached = out_dir / "eval_teacher" / "metrics.json"
-    if cached.is_file():
-        import json
+def _teacher_key(recipe: Recipe, teacher: Path, max_frames: Optional[int]) -> dict[str, Any]:
+    """What the teacher's metrics depend on: the checkpoint bytes, the dataset and the frames evaluated."""
+    digest = hashlib.sha256(Path(teacher).read_bytes()).hexdigest()
+    frames = max_frames if max_frames is not None else recipe.eval.max_frames
+    return {"teacher_sha256": digest, "root": str(Path(recipe.dataset.root).resolve()),
+            "version": recipe.dataset.version, "split": recipe.dataset.val_split, "max_frames": frames}
 
+
+def _teacher_metrics(recipe: Recipe, pair, teacher: Path, out_dir: Path, max_frames: Optional[int]) -> dict[str, Any]:
+    """Teacher metrics on the val split, reused from an earlier run of the same folder with the same
+    teacher file, dataset and frames (a stale cache from another teacher must never be reported)."""
+    cached = out_dir / "eval_teacher" / "metrics.json"
+    key = _teacher_key(recipe, teacher, max_frames)
+    if cached.is_file():
         data = json.loads(cached.read_text())
-        if data.get("split") == recipe.dataset.val_split and data.get("max_frames") == max_frames:
+        if data.get("cache_key") == key:
             return data
     metrics = evaluate_nuscenes(recipe, pair.teacher, out_dir / "eval_teacher", max_frames=max_frames,
                                 model_cfg=recipe.model)
-    metrics["max_frames"] = max_frames
-    from itkd_cli.core.io import write_json
-
+    metrics["cache_key"] = key
     write_json(cached, metrics)
     return metrics
 
@@ -117,13 +126,15 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
     s_recipe = student_recipe(recipe, pair.student_cfg)
     train_dir = out_dir / "train"
     last = train_dir / "last.pth"
-    fit(pair.student, _step_fn(pair, kd, kd_lambda(recipe.distill), label_kd), loader, recipe.train, train_dir,
-        s_recipe.model_dump(mode="json"), "student", aux={"kd": kd},
-        resume=last if resume and last.is_file() else None, quiet=quiet, device=device)
+    if resume and not last.is_file():
+        raise ItkdError(f"--resume: {last}: no interrupted run to continue", hint="drop --resume to start a new run")
+    done = fit(pair.student, _step_fn(pair, kd, kd_lambda(recipe.distill), label_kd), loader, recipe.train,
+               train_dir, s_recipe.model_dump(mode="json"), "student", aux={"kd": kd},
+               resume=last if resume else None, quiet=quiet, device=device)
     student_ckpt = save_checkpoint(out_dir / STUDENT, pair.student, s_recipe, "student",
-                                   epoch=recipe.train.epochs)
+                                   epoch=done.epoch, step=done.step)
     log(f"wrote {student_ckpt} (student only: no teacher, no KD modules)")
-    t_metrics = _teacher_metrics(recipe, pair, out_dir, max_eval_frames)
+    t_metrics = _teacher_metrics(recipe, pair, teacher, out_dir, max_eval_frames)
     s_metrics = evaluate_nuscenes(s_recipe, pair.student, out_dir / "eval_student", max_frames=max_eval_frames,
                                   model_cfg=pair.student_cfg)
     curves = plot_curves(train_dir / "metrics.jsonl", out_dir / "curves.png",

@@ -17,6 +17,13 @@ import torch
 from itkd_cli.models.student import derive_student
 from itkd_cli.recipe.load import load_recipe, recipe_from_dict
 
+# Shrunken synth-pillar (64 x 64 pillars, narrow layers) so that each compress run stays cheap on CPU.
+TINY_MODEL = (
+    "model.grid.point_range=[-20.48, -20.48, -5.0, 20.48, 20.48, 3.0]", "model.grid.voxel_size=[0.64, 0.64, 8.0]",
+    "model.vfe.filters=[16]", "model.backbone_2d.num_filters=[16, 16, 16]",
+    "model.backbone_2d.num_upsample_filters=[16, 16, 16]",
+    "model.head.shared_conv_channels=8", "model.head.head_conv_channels=8",
+)
 SIDES = ("params", "gmacs", "latency_ms", "mAP", "NDS")
 KD_PREFIXES = ("ae.", "autoencoder", "adapter", "fusion", "distill", "kd.", "teacher")
 
@@ -40,14 +47,15 @@ def world(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def teacher(world, tmp_path_factory) -> Path:
-    """A tiny trained teacher (2 steps) of the embedded synth-pillar recipe."""
+    """A tiny trained teacher (2 steps) of the embedded synth-pillar recipe, shrunken by TINY_MODEL."""
     from typer.testing import CliRunner
 
     from itkd_cli.cli.main import app
 
     run = tmp_path_factory.mktemp("teacher")
     args = ["--quiet", "train", "--recipe", "synth-pillar", "--out", str(run), "--no-eval",
-            *_sets(f"dataset.root={world}", "train.max_steps=2", "train.batch_size=2", "dataset.workers=0")]
+            *_sets(f"dataset.root={world}", "train.max_steps=2", "train.batch_size=2", "dataset.workers=0",
+                  *TINY_MODEL)]
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return run / "last.pth"

@@ -1,7 +1,22 @@
-"""Embedded synthetic LiDAR world written in the official nuScenes format (`itkd data synth`)."""
+"""Embedded synthetic LiDAR world written in the official nuScenes format (`itkd data synth`).
 
-from itkd_cli.data.synth.generate import MARKER, TRAIN_SPLIT, VAL_SPLIT, generate
+The generator pulls in nuscenes-devkit (slow to import); it loads on first use so that `itkd --help`
+and preset look-ups stay fast.
+"""
+
+from typing import Any
+
 from itkd_cli.data.synth.presets import PRESETS, Preset, get_preset
-from itkd_cli.data.synth.writer import VERSION
+
+_LAZY = {"generate": "generate", "MARKER": "generate", "TRAIN_SPLIT": "generate", "VAL_SPLIT": "generate",
+         "VERSION": "writer"}
 
 __all__ = ["generate", "PRESETS", "Preset", "get_preset", "VERSION", "MARKER", "TRAIN_SPLIT", "VAL_SPLIT"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"itkd_cli.data.synth.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,72 @@
+"""`itkd --help` shows exactly the working commands; README documents them; conventions hold."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from itkd_cli import __version__
+from itkd_cli.cli.main import app
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+TOP = ["demo", "compress", "eval", "export", "train", "info", "data", "checkpoint", "recipe"]
+SUB = {"data": ["synth", "prepare", "inspect"], "checkpoint": ["inspect", "convert"],
+       "recipe": ["ls", "show", "cp", "validate"]}
+
+
+def _commands(help_text: str) -> list[str]:
+    box = help_text.split("Commands")[1]
+    return re.findall(r"^│ (\w[\w-]*)\s", box, flags=re.M)
+
+
+def test_help_lists_exactly_the_commands(cli) -> None:
+    result = cli("--help")
+    assert result.exit_code == 0
+    assert _commands(result.output) == TOP
+
+
+@pytest.mark.parametrize("group", sorted(SUB))
+def test_groups_list_their_commands(cli, group: str) -> None:
+    result = cli(group, "--help")
+    assert result.exit_code == 0
+    assert sorted(_commands(result.output)) == sorted(SUB[group])
+
+
+@pytest.mark.parametrize("args", [[c] for c in TOP if c not in SUB] + [[g, s] for g in SUB for s in SUB[g]])
+def test_every_command_has_help_and_json(cli, args: list[str]) -> None:
+    result = cli(*args, "--help")
+    assert result.exit_code == 0, result.output
+    if args not in (["recipe", "cp"],):
+        assert "--json" in result.output, f"{args}: every command offers --json"
+
+
+def test_version(cli) -> None:
+    result = cli("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"itkd {__version__}"
+
+
+def test_readme_documents_every_command() -> None:
+    for command in TOP:
+        assert f"`itkd {command}" in README, f"README: no entry for `itkd {command}`"
+    for group, subs in SUB.items():
+        for sub in subs:
+            assert re.search(rf"itkd {group} [^`]*\b{sub}\b", README), f"README: no entry for itkd {group} {sub}"
+
+
+def test_readme_set_up_commands_exist() -> None:
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    for target in ("demo", "test"):
+        assert f"make {target}" in README and re.search(rf"^{target}:", makefile, flags=re.M)
+    ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
+    assert "make test" in ci, ".ci/run must run the README's test command"
+
+
+def test_user_error_is_one_line_exit_2(cli, tmp_path: Path) -> None:
+    result = cli("compress", "--teacher", str(tmp_path / "missing.pth"), "--ratio", "0.25")
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "missing.pth" in errors[0]
+    assert "Traceback" not in result.output
+    assert not list(tmp_path.iterdir()), "nothing may be written on a user error"
