@@ -59,13 +59,26 @@ def common_sets(world: Path, epochs: int, seed: int, workers: int, extra: list[s
 
 def make_world(out: Path, preset: str, scenes: Optional[int], seed: int) -> Path:
     """Generate (or reuse: generate() accepts a finished run of the same arguments) the synthetic world."""
-    from itkd_cli.data.synth import generate
+    from itkd_cli.data.synth.generate import generate
 
     world = out / "world"
     t0 = time.perf_counter()
     summary = generate(world, scenes=scenes, seed=seed, preset=preset)
     log(f"world {world}: reused={summary.get('reused')} ({time.perf_counter() - t0:.0f} s)")
     return world
+
+
+def snapshot_recipe(out: Path) -> str:
+    """Freeze the embedded recipe into out/recipe.yaml on the first run so that a resumed benchmark
+    keeps training every network with the very same recipe even if the embedded one changes."""
+    import yaml
+
+    from itkd_cli.recipe.load import load_raw, resolve_path
+
+    frozen = out / "recipe.yaml"
+    if not frozen.is_file():
+        write_text(frozen, yaml.safe_dump(load_raw(resolve_path(RECIPE)), sort_keys=False))
+    return str(frozen)
 
 
 def make_teacher(out: Path, world: Path, epochs: int, seed: int, workers: int, extra: list[str]) -> Path:
@@ -79,7 +92,7 @@ def make_teacher(out: Path, world: Path, epochs: int, seed: int, workers: int, e
     if done.is_file() and last.is_file():
         log(f"teacher {last}: reused")
         return last
-    recipe = load_recipe(RECIPE, common_sets(world, epochs, seed, workers, extra))
+    recipe = load_recipe(snapshot_recipe(out), common_sets(world, epochs, seed, workers, extra))
     t0 = time.perf_counter()
     train(recipe, run, resume=run if last.is_file() else None, quiet=True)
     write_text(done, f"trained {epochs} epochs in {time.perf_counter() - t0:.0f} s\n")
@@ -103,7 +116,7 @@ def run_one(out: Path, name: str, method: str, extra: tuple[str, ...], teacher: 
     if teacher_eval.is_file():  # same teacher, same split: compress reuses eval_teacher/metrics.json
         (run / "eval_teacher").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(teacher_eval, run / "eval_teacher" / "metrics.json")
-    recipe = compress_recipe(teacher, RECIPE, [*sets, *extra], ratio, None, method)
+    recipe = compress_recipe(teacher, snapshot_recipe(out), [*sets, *extra], ratio, None, method)
     t0 = time.perf_counter()
     resume = (run / "train" / "last.pth").is_file()
     result = compress(recipe, teacher, run, resume=resume, quiet=True, max_eval_frames=max_eval_frames, log=log)

@@ -95,7 +95,7 @@ def main() -> None:
     for r in rows:
         table.add_row(r["recipe"], r["variant"], f"{r['params']:,}", str(r["pillars"]), f"{r['torch_ms']:.0f}",
                       f"{r['ort_all_ms']:.0f}", f"{r['ort_basic_ms']:.0f}", f"{r['speedup']:.2f}x", f"{r['load']:.1f}")
-    Console().print(table)
+    Console(width=160).print(table)
     if args.json:
         from itkd_cli.core.io import write_json
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from itkd_cli.cli.main import app
 
 SMALL_MODEL = [
-    "model.grid.point_range=[-20.48, -20.48, -5.0, 20.48, 20.48, 3.0]",
+    "model.grid.point_range=[-20.48, -20.48, -5.0, 20.48, 20.48, 3.0]", "model.grid.voxel_size=[0.32, 0.32, 8.0]",
     "model.vfe.filters=[16]",
     "model.backbone_2d.num_filters=[8, 8, 8]", "model.backbone_2d.num_upsample_filters=[8, 8, 8]",
     "model.head.shared_conv_channels=8", "model.head.head_conv_channels=8",

@@ -38,7 +38,7 @@ def _one_thread():
 
 @pytest.mark.parametrize("policy,ratio", [("neck", 0.25), ("full", 0.5)])
 def test_itkd_runs_on_real_networks(policy, ratio):
-    recipe = load_recipe("synth-pillar", [SMALL_GRID])
+    recipe = load_recipe("synth-pillar", [SMALL_GRID, "model.grid.voxel_size=[0.32, 0.32, 8.0]"])
     t_cfg = recipe.model
     s_cfg = derive_student(t_cfg, ratio, policy)
     torch.manual_seed(0)

@@ -14,9 +14,15 @@ from itkd_cli.recipe import load_recipe
 LOW = -12.0  # background logit: sigmoid ~ 6e-6, far below any threshold
 
 
+# The expected boxes below are computed for this grid (0.64 m head cells from -40.96 m) and six tasks.
+PINNED = ["model.grid.point_range=[-40.96,-40.96,-5.0,40.96,40.96,3.0]", "model.grid.voxel_size=[0.32,0.32,8.0]",
+          "model.head.tasks=[[car],[truck,construction_vehicle],[bus,trailer],[barrier],[motorcycle,bicycle],"
+          "[pedestrian,traffic_cone]]", "model.post.limit_range=[-45.0,-45.0,-10.0,45.0,45.0,10.0]"]
+
+
 def _recipe(**post):
     overrides = [f"model.post.{k}={v}" for k, v in post.items()]
-    return load_recipe("synth-pillar", overrides)
+    return load_recipe("synth-pillar", [*PINNED, *overrides])
 
 
 def _empty_output(model_cfg, batch: int = 2, with_vel: bool = True) -> DetectorOutput:

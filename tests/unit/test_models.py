@@ -15,7 +15,7 @@ from itkd_cli.models.map_to_bev import HeightCompression, PointPillarScatter
 from itkd_cli.models.vfe import MeanVFE, PillarVFE
 from itkd_cli.recipe import load_recipe
 
-SMALL = ["model.grid.point_range=[-10.24,-10.24,-5.0,10.24,10.24,3.0]"]
+SMALL = ["model.grid.point_range=[-10.24,-10.24,-5.0,10.24,10.24,3.0]", "model.grid.voxel_size=[0.32, 0.32, 8.0]"]
 
 
 def random_frame(cfg, n_voxels: int = 300, batch: int = 2, seed: int = 0):

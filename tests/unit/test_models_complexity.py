@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import itertools
+import json
 
-import spconv.pytorch as spconv
 import torch
 from torch import nn
 from typer.testing import CliRunner
@@ -15,7 +14,7 @@ from itkd_cli.models import build_model
 from itkd_cli.models.complexity import STAGES, build_frame, count_macs, count_params, profile
 from itkd_cli.recipe import load_recipe
 
-SMALL = ["model.grid.point_range=[-10.24,-10.24,-5.0,10.24,10.24,3.0]"]
+SMALL = ["model.grid.point_range=[-10.24,-10.24,-5.0,10.24,10.24,3.0]", "model.grid.voxel_size=[0.32, 0.32, 8.0]"]
 
 
 def test_dense_macs_hand_values() -> None:

@@ -10,7 +10,7 @@ from itkd_cli.models import build_model, derive_student
 from itkd_cli.models.student import scale_width
 from itkd_cli.recipe import load_recipe
 
-SMALL = ["model.grid.point_range=[-10.24,-10.24,-5.0,10.24,10.24,3.0]"]
+SMALL = ["model.grid.point_range=[-10.24,-10.24,-5.0,10.24,10.24,3.0]", "model.grid.voxel_size=[0.32, 0.32, 8.0]"]
 ONE_TASK = ["model.head.tasks=[[car, truck, construction_vehicle, bus, trailer, barrier, motorcycle, bicycle, "
             "pedestrian, traffic_cone]]"]
 

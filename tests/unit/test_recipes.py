@@ -30,7 +30,9 @@ def test_every_builtin_recipe_opens_with_its_command(name: str) -> None:
 def test_derived_sizes_of_embedded_default() -> None:
     model = load_recipe("synth-pillar").model
     nx, ny, nz = model.grid.grid_size
-    assert (nx, ny, nz) == (256, 256, 1)
+    lo, hi, size = model.grid.point_range[:3], model.grid.point_range[3:], model.grid.voxel_size
+    assert (nx, ny, nz) == tuple(round((b - a) / v) for a, b, v in zip(lo, hi, size))
+    assert nz == 1  # pillars
     assert model.head_map_size == (ny // model.feature_map_stride, nx // model.feature_map_stride)
     assert model.bev_out_channels == sum(model.backbone_2d.num_upsample_filters)
 
@@ -46,7 +48,7 @@ def test_extends_and_overrides(tmp_path: Path) -> None:
     recipe = load_recipe(child, overrides=["train.batch_size=2", "model.head.min_radius=3"])
     assert recipe.train.epochs == 3 and recipe.train.batch_size == 2
     assert recipe.model.head.min_radius == 3
-    assert recipe.model.grid.grid_size == (256, 256, 1)  # inherited
+    assert recipe.model.grid == load_recipe("synth-pillar").model.grid  # inherited
 
 
 @pytest.mark.parametrize(
@@ -59,7 +61,7 @@ def test_extends_and_overrides(tmp_path: Path) -> None:
         ({"extends": "synth-pillar", "student": {"ratio": 1.5}}, "student.ratio:"),
         ({"extends": "does-not-exist"}, "does-not-exist: no such recipe"),
         ({"extends": "synth-pillar", "model": {"head": {"tasks": [["car"]]}}}, "no task head predicts"),
-        ({"extends": "synth-pillar", "model": {"grid": {"voxel_size": [0.3, 0.32, 8.0]}}}, "not a multiple"),
+        ({"extends": "synth-pillar", "model": {"grid": {"voxel_size": [0.35, 0.4, 8.0]}}}, "not a multiple"),
     ],
 )
 def test_bad_recipes_name_file_and_field(tmp_path: Path, content, expected: str) -> None:

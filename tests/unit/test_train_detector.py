@@ -12,7 +12,7 @@ from itkd_cli.train.loop import fit
 from itkd_cli.train.train import check_dataset, detector_step, train
 
 SMALL = [
-    "model.grid.point_range=[-2.56, -2.56, -5.0, 2.56, 2.56, 3.0]",
+    "model.grid.point_range=[-2.56, -2.56, -5.0, 2.56, 2.56, 3.0]", "model.grid.voxel_size=[0.32, 0.32, 8.0]",
     "dataset.class_names=[car, pedestrian]", "model.head.tasks=[[car], [pedestrian]]",
     "model.vfe.filters=[8]",
     "model.backbone_2d.layer_nums=[1, 1]", "model.backbone_2d.layer_strides=[2, 2]",
