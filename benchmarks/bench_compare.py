@@ -18,6 +18,7 @@ gap closed = (mAP_run - mAP_alone) / (mAP_teacher - mAP_alone).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -59,7 +60,7 @@ def common_sets(world: Path, epochs: int, seed: int, workers: int, extra: list[s
 
 def make_world(out: Path, preset: str, scenes: Optional[int], seed: int) -> Path:
     """Generate (or reuse: generate() accepts a finished run of the same arguments) the synthetic world."""
-    from itkd_cli.data.synth.generate import generate
+    from itkd_cli.data.synth.render import generate
 
     world = out / "world"
     t0 = time.perf_counter()
@@ -140,12 +141,13 @@ def table(out: Path, reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
     alone = reports["none"]["student"]["mAP"] if "none" in reports else None
     gap = t["mAP"] - alone if alone is not None else None
     rows = [{"method": "teacher", "mAP": t["mAP"], "NDS": t["NDS"], "params": t["params"], "gmacs": t["gmacs"],
-             "sec_per_step": _teacher_step(out), "gap_closed": 1.0}]
+             "sec_per_step": _teacher_step(out), "step_vs_alone": None, "gap_closed": 1.0}]
+    alone_step = step_time(out / "runs" / slug("none")) if "none" in reports else None
     for name, rep in reports.items():
-        s = rep["student"]
-        closed = (s["mAP"] - alone) / gap if gap else None
+        s, sec = rep["student"], step_time(out / "runs" / slug(name))
         rows.append({"method": name, "mAP": s["mAP"], "NDS": s["NDS"], "params": s["params"], "gmacs": s["gmacs"],
-                     "sec_per_step": step_time(out / "runs" / slug(name)), "gap_closed": closed})
+                     "sec_per_step": sec, "step_vs_alone": sec / alone_step if sec and alone_step else None,
+                     "gap_closed": (s["mAP"] - alone) / gap if gap else None})
     return rows
 
 
@@ -159,11 +161,13 @@ def _f(v: Any, fmt: str) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    lines = ["| method | mAP | NDS | params | GMACs | train s/step | gap closed |", "|---|---|---|---|---|---|---|"]
+    lines = ["| method | mAP | NDS | params | GMACs | train s/step | s/step vs alone | gap closed |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['method']} | {_f(r['mAP'], '{:.4f}')} | {_f(r['NDS'], '{:.4f}')} | "
                      f"{_f(r['params'], '{:,.0f}')} | {_f(r['gmacs'], '{:.2f}')} | "
-                     f"{_f(r['sec_per_step'], '{:.3f}')} | {_f(r['gap_closed'], '{:+.2f}')} |")
+                     f"{_f(r['sec_per_step'], '{:.3f}')} | {_f(r['step_vs_alone'], '{:.2f}x')} | "
+                     f"{_f(r['gap_closed'], '{:+.2f}')} |")
     lines += ["", "teacher s/step is the teacher's own training step; students' include the frozen teacher forward.",
               "", "```", " ".join(meta["command"]), "```"]
     return "\n".join(lines) + "\n"
@@ -198,7 +202,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = table(out, reports)
     meta = {"command": [Path(sys.executable).name, *sys.argv], "preset": args.preset, "scenes": args.scenes,
             "seed": args.seed, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
-            "ratio": args.ratio, "sets": args.sets, "teacher": str(teacher), "split": next(iter(reports.values()))["split"]}
+            "ratio": args.ratio, "sets": args.sets, "teacher": str(teacher),
+            "split": next(iter(reports.values()))["split"], "loadavg_at_table": os.getloadavg(),
+            "cpus": os.cpu_count()}
     md = markdown(rows, meta)
     write_text(out / "comparison.md", md)
     write_json(out / "comparison.json", {"meta": meta, "rows": rows})

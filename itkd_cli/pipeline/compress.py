@@ -83,7 +83,8 @@ def _teacher_key(recipe: Recipe, teacher: Path, max_frames: Optional[int]) -> di
             "version": recipe.dataset.version, "split": recipe.dataset.val_split, "max_frames": frames}
 
 
-def _teacher_metrics(recipe: Recipe, pair, teacher: Path, out_dir: Path, max_frames: Optional[int]) -> dict[str, Any]:
+def _teacher_metrics(recipe: Recipe, model: torch.nn.Module, teacher: Path, out_dir: Path,
+                     max_frames: Optional[int]) -> dict[str, Any]:
     """Teacher metrics on the val split, reused from an earlier run of the same folder with the same
     teacher file, dataset and frames (a stale cache from another teacher must never be reported)."""
     cached = out_dir / "eval_teacher" / "metrics.json"
@@ -92,7 +93,7 @@ def _teacher_metrics(recipe: Recipe, pair, teacher: Path, out_dir: Path, max_fra
         data = json.loads(cached.read_text())
         if data.get("cache_key") == key:
             return data
-    metrics = evaluate_nuscenes(recipe, pair.teacher, out_dir / "eval_teacher", max_frames=max_frames,
+    metrics = evaluate_nuscenes(recipe, model, out_dir / "eval_teacher", max_frames=max_frames,
                                 model_cfg=recipe.model)
     metrics["cache_key"] = key
     write_json(cached, metrics)
@@ -134,7 +135,7 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
     student_ckpt = save_checkpoint(out_dir / STUDENT, pair.student, s_recipe, "student",
                                    epoch=done.epoch, step=done.step)
     log(f"wrote {student_ckpt} (student only: no teacher, no KD modules)")
-    t_metrics = _teacher_metrics(recipe, pair, teacher, out_dir, max_eval_frames)
+    t_metrics = _teacher_metrics(recipe, pair.teacher, teacher, out_dir, max_eval_frames)
     s_metrics = evaluate_nuscenes(s_recipe, pair.student, out_dir / "eval_student", max_frames=max_eval_frames,
                                   model_cfg=pair.student_cfg)
     curves = plot_curves(train_dir / "metrics.jsonl", out_dir / "curves.png",

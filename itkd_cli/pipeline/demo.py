@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from itkd_cli.core.io import write_json
-from itkd_cli.data.synth.generate import generate  # the package attribute becomes the submodule once imported
+from itkd_cli.data.synth import generate
 from itkd_cli.export.api import export_onnx
 from itkd_cli.models.checkpoint import read_checkpoint
 from itkd_cli.pipeline.compress import compress, compress_recipe

@@ -178,6 +178,11 @@ class ModelConfig(Strict):
         if any(abs(s - strides[0]) > 1e-6 for s in strides):
             raise ValueError("backbone_2d: every deblock must end at the same resolution (stride x upsample)")
         nx, ny, _ = self.grid.grid_size
+        enc = 1 if self.vfe.kind == "pillar" else 8
+        deepest = enc * max(self.backbone_2d.cumulative_strides)
+        if nx % deepest or ny % deepest:
+            raise ValueError(f"grid: {nx}x{ny} cells must be divisible by {deepest} (encoder x neck strides) "
+                             "so that every neck level upsamples back to the same size")
         if nx % self.feature_map_stride or ny % self.feature_map_stride:
             raise ValueError(f"grid: {nx}x{ny} cells not divisible by the head stride {self.feature_map_stride}")
         return self

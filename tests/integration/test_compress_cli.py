@@ -38,7 +38,7 @@ def _error_lines(output: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    from itkd_cli.data.synth.generate import generate
+    from itkd_cli.data.synth.render import generate
 
     root = tmp_path_factory.mktemp("synth")
     generate(root, preset="small")

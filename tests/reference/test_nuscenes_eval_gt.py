@@ -92,9 +92,8 @@ def test_gt_through_writer_mini_fixture(tmp_path: Path) -> None:
 
 
 def test_gt_through_writer_synth_small(tmp_path: Path) -> None:
-    synth = pytest.importorskip("itkd_cli.data.synth", reason="synthetic world generator not landed yet")
-    if not hasattr(synth, "generate"):
-        pytest.skip("itkd_cli.data.synth.generate not landed yet")
+    from itkd_cli.data import synth
+
     root = tmp_path / "synth"
     synth.generate(root, preset="small")
     recipe = load_recipe("synth-pillar", [f"dataset.root={root}", "dataset.workers=0"])

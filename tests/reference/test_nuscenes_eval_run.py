@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    synth = pytest.importorskip("itkd_cli.data.synth")
+    from itkd_cli.data import synth
     root = tmp_path_factory.mktemp("world") / "synth"
     synth.generate(root, preset="small")
     return root

@@ -116,7 +116,9 @@ def tiny_recipe(root: Path, *overrides: str):
     from itkd_cli.recipe.load import load_recipe
 
     base = [f"dataset.root={root}", f"dataset.version={VERSION}", "dataset.sweeps=2", "dataset.workers=0",
-            f"dataset.cache_dir={root / 'cache'}", "dataset.train_split=tiny_train", "dataset.val_split=tiny_val"]
+            f"dataset.cache_dir={root / 'cache'}", "dataset.train_split=tiny_train", "dataset.val_split=tiny_val",
+            # tests count heatmap channels per task: pin nuScenes' six task heads
+            "model.head.tasks=[[car],[truck,construction_vehicle],[bus,trailer],[barrier],[motorcycle,bicycle],[pedestrian,traffic_cone]]"]
     return load_recipe("synth-pillar", [*base, *overrides])
 
 

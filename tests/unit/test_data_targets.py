@@ -11,7 +11,8 @@ from itkd_cli.data.targets import assign_targets, draw_gaussian, gaussian_radius
 from itkd_cli.recipe.load import load_recipe
 
 # 12.8 m / 0.32 m = 40 grid cells, head stride 2 -> 20 x 20 head cells of 0.64 m.
-GRID = ["model.grid.point_range=[0, 0, -5, 12.8, 12.8, 3]", "model.grid.voxel_size=[0.32, 0.32, 8]"]
+GRID = ["model.grid.point_range=[0, 0, -5, 12.8, 12.8, 3]", "model.grid.voxel_size=[0.32, 0.32, 8]",
+        "model.head.tasks=[[car],[truck,construction_vehicle],[bus,trailer],[barrier],[motorcycle,bicycle],[pedestrian,traffic_cone]]"]
 CAR = np.array([[3.0, 5.0, 0.5, 4.0, 2.0, 1.5, 0.3, 1.0, -2.0]])
 
 

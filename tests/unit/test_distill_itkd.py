@@ -14,6 +14,9 @@ from itkd_cli.recipe.schema import ItkdLossConfig, ModelConfig
 
 ONE_TASK = ("model.head.tasks=[[car, truck, construction_vehicle, bus, trailer, barrier, motorcycle, "
             "bicycle, pedestrian, traffic_cone]]")
+# nuScenes' six task heads (the embedded default uses two): the multi-task case of these tests.
+SIX_TASKS = ("model.head.tasks=[[car], [truck, construction_vehicle], [bus, trailer], [barrier], "
+             "[motorcycle, bicycle], [pedestrian, traffic_cone]]")
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +58,7 @@ def fake_targets(cfg: ModelConfig, b: int, h: int, w: int, m: int = 6, valid: in
 @pytest.mark.parametrize("ratio", [0.5, 0.25, 0.3])
 @pytest.mark.parametrize("one_task", [False, True])
 def test_widths_follow_the_recipes(ratio, one_task):
-    recipe = load_recipe("synth-pillar", [ONE_TASK] if one_task else [])
+    recipe = load_recipe("synth-pillar", [ONE_TASK] if one_task else [SIX_TASKS])
     t_cfg = recipe.model
     s_cfg = student_of(t_cfg, ratio)
     kd = build_distiller(recipe.distill.itkd, t_cfg, s_cfg)
@@ -76,7 +79,7 @@ def test_widths_follow_the_recipes(ratio, one_task):
 
 
 def test_gradient_reaches_student_and_kd_modules_never_teacher():
-    recipe = load_recipe("synth-pillar")
+    recipe = load_recipe("synth-pillar", [SIX_TASKS])
     t_cfg, s_cfg = recipe.model, student_of(recipe.model, 0.25)
     kd = build_distiller(recipe.distill.itkd, t_cfg, s_cfg)
     torch.manual_seed(0)
@@ -93,7 +96,7 @@ def test_gradient_reaches_student_and_kd_modules_never_teacher():
 
 def test_six_task_heads_do_not_multiply_the_kd_loss():
     """Defect 6: the same objects and outputs split over 6 identical task heads give the same total."""
-    recipe = load_recipe("synth-pillar")
+    recipe = load_recipe("synth-pillar", [SIX_TASKS])
     # same class in 6 heads is not a valid recipe; model_copy builds it only to pin the reduction
     six = recipe.model.model_copy(update={"head": recipe.model.head.model_copy(update={"tasks": [["car"]] * 6})})
     one = six.model_copy(update={"head": six.head.model_copy(update={"tasks": [["car"]]})})
@@ -113,7 +116,7 @@ def test_six_task_heads_do_not_multiply_the_kd_loss():
 
 
 def test_zero_weights_skip_their_terms():
-    recipe = load_recipe("synth-pillar")
+    recipe = load_recipe("synth-pillar", [SIX_TASKS])
     t_cfg, s_cfg = recipe.model, student_of(recipe.model, 0.5)
     cfg = ItkdLossConfig(w_cr=0.0, w_it=0.0, w_head=2.0)
     kd = build_distiller(cfg, t_cfg, s_cfg)
@@ -130,7 +133,7 @@ def test_zero_weights_skip_their_terms():
 
 
 def test_zero_valid_objects_is_finite():
-    recipe = load_recipe("synth-pillar")
+    recipe = load_recipe("synth-pillar", [SIX_TASKS])
     t_cfg, s_cfg = recipe.model, student_of(recipe.model, 0.25)
     kd = build_distiller(recipe.distill.itkd, t_cfg, s_cfg)
     student = fake_output(s_cfg, 1, 8, 8, grad=True)
@@ -140,7 +143,7 @@ def test_zero_valid_objects_is_finite():
 
 
 def test_mismatches_are_user_errors():
-    recipe = load_recipe("synth-pillar")
+    recipe = load_recipe("synth-pillar", [SIX_TASKS])
     t_cfg, s_cfg = recipe.model, student_of(recipe.model, 0.25)
     kd = build_distiller(recipe.distill.itkd, t_cfg, s_cfg)
     with pytest.raises(ItkdError):  # swapped widths
@@ -153,7 +156,7 @@ def test_mismatches_are_user_errors():
 
 
 def test_build_kd_and_lambda_per_method():
-    recipe = load_recipe("synth-pillar")
+    recipe = load_recipe("synth-pillar", [SIX_TASKS])
     t_cfg, s_cfg = recipe.model, student_of(recipe.model, 0.25)
     names = {}
     for method in ("itkd", "none", "hinton", "fitnet", "sparsekd"):
@@ -169,7 +172,7 @@ def test_build_kd_and_lambda_per_method():
 
 
 def test_autocast_keeps_reductions_in_float32():
-    recipe = load_recipe("synth-pillar")
+    recipe = load_recipe("synth-pillar", [SIX_TASKS])
     t_cfg, s_cfg = recipe.model, student_of(recipe.model, 0.25)
     kd = build_distiller(recipe.distill.itkd, t_cfg, s_cfg)
     torch.manual_seed(0)
@@ -183,7 +186,7 @@ def test_autocast_keeps_reductions_in_float32():
 
 
 def test_centres_outside_the_map_are_user_errors():
-    recipe = load_recipe("synth-pillar")
+    recipe = load_recipe("synth-pillar", [SIX_TASKS])
     t_cfg, s_cfg = recipe.model, student_of(recipe.model, 0.25)
     kd = build_distiller(recipe.distill.itkd, t_cfg, s_cfg)
     targets = list(fake_targets(t_cfg, 1, 8, 8))

@@ -40,7 +40,7 @@ def _oracle_output(targets, h: int, w: int) -> DetectorOutput:
 
 
 def test_targets_decode_to_gt(tmp_path: Path) -> None:
-    synth = pytest.importorskip("itkd_cli.data.synth")
+    from itkd_cli.data import synth
     from itkd_cli.data.nuscenes import NuScenesDataset
     from itkd_cli.data.targets import assign_targets
 

@@ -31,7 +31,7 @@ VOXEL = ["model.grid.point_range=[-20.48, -20.48, -5.0, 20.48, 20.48, 3.0]", "mo
 
 def synth_world(root: Path) -> Path:
     """Generate the 'small' synthetic world under ``root`` (about a second; reused when present)."""
-    from itkd_cli.data.synth.generate import generate
+    from itkd_cli.data.synth.render import generate
 
     generate(root, preset="small", seed=0)
     return root

@@ -15,7 +15,8 @@ from itkd_cli.models.map_to_bev import HeightCompression, PointPillarScatter
 from itkd_cli.models.vfe import MeanVFE, PillarVFE
 from itkd_cli.recipe import load_recipe
 
-SMALL = ["model.grid.point_range=[-10.24,-10.24,-5.0,10.24,10.24,3.0]", "model.grid.voxel_size=[0.32, 0.32, 8.0]"]
+# +-6.4 m fits both embedded grids (0.4 m pillars, 0.16 m voxels) and all their strides
+SMALL = ["model.grid.point_range=[-6.4,-6.4,-5.0,6.4,6.4,3.0]"]
 
 
 def random_frame(cfg, n_voxels: int = 300, batch: int = 2, seed: int = 0):

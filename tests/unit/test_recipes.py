@@ -62,6 +62,8 @@ def test_extends_and_overrides(tmp_path: Path) -> None:
         ({"extends": "does-not-exist"}, "does-not-exist: no such recipe"),
         ({"extends": "synth-pillar", "model": {"head": {"tasks": [["car"]]}}}, "no task head predicts"),
         ({"extends": "synth-pillar", "model": {"grid": {"voxel_size": [0.35, 0.4, 8.0]}}}, "not a multiple"),
+        ({"extends": "synth-pillar", "model": {"grid": {"point_range": [-6.0, -6.0, -5.0, 6.0, 6.0, 3.0]}}},
+         "must be divisible by 8"),
     ],
 )
 def test_bad_recipes_name_file_and_field(tmp_path: Path, content, expected: str) -> None:

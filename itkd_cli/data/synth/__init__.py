@@ -8,7 +8,7 @@ from typing import Any
 
 from itkd_cli.data.synth.presets import PRESETS, Preset, get_preset
 
-_LAZY = {"generate": "generate", "MARKER": "generate", "TRAIN_SPLIT": "generate", "VAL_SPLIT": "generate",
+_LAZY = {"generate": "render", "MARKER": "render", "TRAIN_SPLIT": "render", "VAL_SPLIT": "render",
          "VERSION": "writer"}
 
 __all__ = ["generate", "PRESETS", "Preset", "get_preset", "VERSION", "MARKER", "TRAIN_SPLIT", "VAL_SPLIT"]
