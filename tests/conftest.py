@@ -31,3 +31,14 @@ def cli():
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture()
+def one_thread():
+    """One intra-op thread for tests on tiny tensors (avoids oversubscribing shared CPU cores)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

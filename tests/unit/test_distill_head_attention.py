@@ -12,6 +12,8 @@ from itkd_cli.distill.head_attention import (
     HeadFusion, head_attention_sum, head_features, head_splits, inter_intra)
 from itkd_cli.distill.losses import gather_at_centres
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: do not oversubscribe the cores
+
 
 def _head(b: int, n_cls: int, h: int, w: int, vel: bool, scale: float = 1.0) -> TaskHeadOutput:
     r = lambda c: torch.randn(b, c, h, w) * scale  # noqa: E731
@@ -103,15 +105,6 @@ def test_heatmap_form_is_the_same_on_both_sides_and_not_in_place():
     assert torch.allclose(feats[:, :3], torch.sigmoid(t.hm))
     with pytest.raises(ItkdError):
         head_features(t, False)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscribing shared CPU cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _optimise_fusion(guard: str, steps: int = 200):

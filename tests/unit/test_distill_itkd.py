@@ -12,19 +12,13 @@ from itkd_cli.distill.autoencoder import encoder_widths
 from itkd_cli.recipe.load import load_recipe
 from itkd_cli.recipe.schema import ItkdLossConfig, ModelConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: do not oversubscribe the cores
+
 ONE_TASK = ("model.head.tasks=[[car, truck, construction_vehicle, bus, trailer, barrier, motorcycle, "
             "bicycle, pedestrian, traffic_cone]]")
 # nuScenes' six task heads (the embedded default uses two): the multi-task case of these tests.
 SIX_TASKS = ("model.head.tasks=[[car], [truck, construction_vehicle], [bus, trailer], [barrier], "
              "[motorcycle, bicycle], [pedestrian, traffic_cone]]")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def student_of(cfg: ModelConfig, ratio: float) -> ModelConfig:

@@ -11,6 +11,8 @@ from itkd_cli.models.build import build_model
 from itkd_cli.models.student import derive_student
 from itkd_cli.recipe.load import load_recipe
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: do not oversubscribe the cores
+
 SMALL_GRID = "model.grid.point_range=[-10.24, -10.24, -5.0, 10.24, 10.24, 3.0]"
 
 
@@ -26,14 +28,6 @@ def _pillars(cfg, batch: int, per_frame: int = 40):
     num = torch.randint(1, p + 1, (coords.shape[0],)).int()
     vox = torch.randn(coords.shape[0], p, f) * (torch.arange(p)[None, :, None] < num[:, None, None])
     return vox, num, coords, batch
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("policy,ratio", [("neck", 0.25), ("full", 0.5)])

@@ -10,13 +10,7 @@ from itkd_cli.core.errors import ItkdError
 from itkd_cli.distill.baselines import FitNetKD
 from itkd_cli.distill.teacher import FrozenTeacher, check_not_optimised, freeze_teacher, trainable_parameters
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: do not oversubscribe the cores
 
 
 def _net(width: int) -> nn.Sequential:

@@ -23,13 +23,7 @@ SMALL = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The machine's few cores are shared; one thread avoids oversubscription on these tiny convs.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny convs: do not oversubscribe the cores
 
 
 def _recipe(*extra: str):
