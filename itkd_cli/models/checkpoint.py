@@ -166,13 +166,12 @@ def versions() -> dict[str, str]:
     return {"itkd": str(__version__), "torch": str(torch.__version__), "spconv": str(spconv.__version__)}
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, recipe: Any, role: str, epoch: int = 0, step: int = 0,
+def checkpoint_dict(model: nn.Module, recipe: Any, role: str, epoch: int = 0, step: int = 0,
                     optimizer: Optional[dict] = None, scheduler: Optional[dict] = None,
-                    rng: Optional[dict] = None, metrics: Optional[dict] = None) -> Path:
-    """Write our checkpoint format atomically (loads back with ``torch.load(weights_only=True)``).
+                    rng: Optional[dict] = None, metrics: Optional[dict] = None) -> dict[str, Any]:
+    """Our checkpoint format as a dict (loads back with ``torch.load(weights_only=True)``).
 
     Args:
-        path: destination file (.pth).
         model: the network whose ``state_dict()`` is stored (OpenPCDet names, spconv 2.3 layout).
         recipe: the resolved Recipe whose ``model`` is THIS network's config (a student's recipe holds
             the student ModelConfig), or its ``model_dump(mode="json")`` dict.
@@ -186,10 +185,14 @@ def save_checkpoint(path: str | Path, model: nn.Module, recipe: Any, role: str, 
         raise ValueError(f"role must be 'teacher' or 'student', got {role!r}")
     recipe_dict = recipe if isinstance(recipe, dict) else recipe.model_dump(mode="json")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    obj = {"format": "itkd", "format_version": FORMAT_VERSION, "role": role, "model_state": state,
-           "recipe": recipe_dict, "epoch": int(epoch), "step": int(step), "optimizer": optimizer,
-           "scheduler": scheduler, "rng": rng, "metrics": metrics, "versions": versions()}
-    return save_torch(path, obj)
+    return {"format": "itkd", "format_version": FORMAT_VERSION, "role": role, "model_state": state,
+            "recipe": recipe_dict, "epoch": int(epoch), "step": int(step), "optimizer": optimizer,
+            "scheduler": scheduler, "rng": rng, "metrics": metrics, "versions": versions()}
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, recipe: Any, role: str, **progress: Any) -> Path:
+    """Write ``checkpoint_dict(model, recipe, role, **progress)`` atomically to ``path``."""
+    return save_torch(path, checkpoint_dict(model, recipe, role, **progress))
 
 
 def save_safetensors(path: str | Path, state_dict: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Path:

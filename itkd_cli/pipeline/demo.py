@@ -78,8 +78,9 @@ def run_demo(out: Path, *, recipe_name: str = "synth-pillar", preset: str = "def
     sets = demo_overrides(data_root, teacher_epochs, list(extra))
     recipe = load_recipe(recipe_name, sets)
     set_str = " ".join(f"--set {s}" for s in sets)
-    log(f"[2/4] teacher           $ itkd train --recipe {recipe_name} {set_str} --out {teacher_dir} --resume {teacher_dir}")
     teacher = teacher_dir / "last.pth"
+    resume = f" --resume {teacher_dir}" if teacher.is_file() else ""
+    log(f"[2/4] teacher           $ itkd train --recipe {recipe_name} {set_str} --out {teacher_dir}{resume}")
     t1 = time.perf_counter()
     if _finished_epochs(teacher) >= recipe.train.epochs:
         log(f"      reusing the finished teacher {teacher}")

@@ -12,7 +12,7 @@ from torch import nn
 
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.io import save_torch
-from itkd_cli.models.checkpoint import FORMAT_VERSION, versions
+from itkd_cli.models.checkpoint import checkpoint_dict
 
 
 def seed_everything(seed: int) -> None:
@@ -70,15 +70,9 @@ def make_checkpoint(model: nn.Module, recipe: dict, role: str, epoch: int, step:
 
     ``aux`` adds trainable helper modules (e.g. the distiller) as 'aux_state'; tensors are moved to CPU.
     """
-    ckpt = {
-        "format": "itkd", "format_version": FORMAT_VERSION, "role": role,
-        "model_state": _cpu(model.state_dict()), "recipe": recipe, "epoch": int(epoch), "step": int(step),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng": rng, "metrics": metrics,
-        # str(): torch.__version__ is a TorchVersion, which weights_only=True refuses to unpickle.
-        "versions": {k: str(v) for k, v in versions().items()},
-    }
+    ckpt = checkpoint_dict(model, recipe, role, epoch, step,
+                           optimizer.state_dict() if optimizer is not None else None,
+                           scheduler.state_dict() if scheduler is not None else None, rng, metrics)
     if aux:
         ckpt["aux_state"] = {name: _cpu(m.state_dict()) for name, m in aux.items()}
     return ckpt
