@@ -88,10 +88,12 @@ def run_demo(out: Path, *, recipe_name: str = "synth-pillar", preset: str = "def
         train(recipe, teacher_dir, resume=teacher_dir if teacher.is_file() else None, quiet=quiet)
     timings["teacher_s"] = time.perf_counter() - t1
 
-    s_sets = sets + ([f"train.epochs={student_epochs}"] if student_epochs is not None else [])
+    s_sets = sets if student_epochs is None else (
+        [s for s in sets if not s.startswith("train.epochs=")] + [f"train.epochs={student_epochs}"])
     s_set_str = " ".join(f"--set {s}" for s in s_sets)
+    interrupted = (student_dir / "train" / "last.pth").is_file()
     log(f"[3/4] itKD student      $ itkd compress --teacher {teacher} --ratio {ratio} --method itkd "
-        f"--recipe {recipe_name} {s_set_str} --out {student_dir} --resume")
+        f"--recipe {recipe_name} {s_set_str} --out {student_dir}{' --resume' if interrupted else ''}")
     t2 = time.perf_counter()
     report_path = student_dir / "report.json"
     if report_path.is_file():
@@ -99,7 +101,7 @@ def run_demo(out: Path, *, recipe_name: str = "synth-pillar", preset: str = "def
         report = json.loads(report_path.read_text())
     else:
         c_recipe = compress_recipe(teacher, recipe_name, s_sets, ratio, None, "itkd")
-        report = compress(c_recipe, teacher, student_dir, resume=True, quiet=quiet,
+        report = compress(c_recipe, teacher, student_dir, resume=interrupted, quiet=quiet,
                           max_eval_frames=max_eval_frames, log=log).report
     timings["student_s"] = time.perf_counter() - t2
 
