@@ -187,8 +187,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--max-eval-frames", type=int, default=None)
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="recipe override for the teacher and every student, e.g. train.batch_size=2")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (1 avoids OpenMP oversubscription when other jobs share the cores)")
     ap.add_argument("--only", nargs="*", default=None, help="run only these names (see RUNS)")
     args = ap.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     world = make_world(out, args.preset, args.scenes, args.seed)
@@ -203,7 +209,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     meta = {"command": [Path(sys.executable).name, *sys.argv], "preset": args.preset, "scenes": args.scenes,
             "seed": args.seed, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
             "ratio": args.ratio, "sets": args.sets, "teacher": str(teacher),
-            "split": next(iter(reports.values()))["split"], "loadavg_at_table": os.getloadavg(),
+            "split": next(iter(reports.values()))["split"], "threads": args.threads,
+            "loadavg_at_table": os.getloadavg(),
             "cpus": os.cpu_count()}
     md = markdown(rows, meta)
     write_text(out / "comparison.md", md)
