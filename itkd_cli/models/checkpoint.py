@@ -53,12 +53,12 @@ def _torch_load(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "Weights only load failed" in text:
-            found = re.search(r"GLOBAL ([\w.]+)", text)
-            what = f" ({found.group(1)})" if found else ""
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if "Weights only load failed" in text and found:
+            # only a pickle that names a global to import is "unsafe"; garbage fails otherwise
             raise ItkdError(
-                f"{path}: refused: the file needs arbitrary unpickling{what}, which could execute code "
-                "on this machine", hint=_RESAVE_HINT) from None
+                f"{path}: refused: the file needs arbitrary unpickling ({found.group(1)}), which could execute "
+                "code on this machine", hint=_RESAVE_HINT) from None
         first = text.splitlines()[0] if text else "bad pickle"
         raise ItkdError(f"{path}: not a PyTorch checkpoint ({first})") from None
     except OSError as exc:

@@ -39,7 +39,9 @@ def resolve_recipe(teacher_path: Path, recipe: Optional[str], overrides: Iterabl
         if stored is None:
             raise ItkdError(f"{teacher_path}: a {raw.format} checkpoint does not say its architecture",
                             hint="pass --recipe NAME|PATH describing the teacher (see `itkd recipe ls`)")
-        return validate(apply_overrides(stored.model_dump(mode="json"), overrides), f"{teacher_path}: recipe")
+        data = stored.model_dump(mode="json")
+        data["train"]["max_steps"] = None  # a smoke-run cap of the teacher's training is not the student's
+        return validate(apply_overrides(data, overrides), f"{teacher_path}: recipe")
     path = resolve_path(recipe)
     chosen = validate(apply_overrides(load_raw(path), overrides), str(path))
     if stored is not None and stored.model != chosen.model:
