@@ -10,7 +10,7 @@ import pytest
 from itkd_cli.data.voxelize import Voxelizer
 from itkd_cli.recipe.load import load_recipe
 
-PILLAR = ["model.grid.point_range=[0, 0, -2, 6.4, 6.4, 2]", "model.grid.voxel_size=[0.32, 0.32, 4]",
+PILLAR = ["model.grid.point_range=[0, 0, -2, 6.4, 6.4, 2]", "model.grid.voxel_size=[0.4, 0.4, 4]",
           "model.grid.max_points_per_voxel=4"]
 
 
@@ -48,10 +48,10 @@ def test_pillars_match_reference():
 
 def test_voxels_match_reference():
     r = load_recipe("synth-pillar", [
-        "model.grid.point_range=[0, 0, -2, 6.4, 6.4, 2]", "model.grid.voxel_size=[0.2, 0.2, 0.1]",
+        "model.grid.point_range=[0, 0, -2, 12.8, 12.8, 2]", "model.grid.voxel_size=[0.2, 0.2, 0.1]",
         "model.grid.max_points_per_voxel=3", "model.vfe={kind: mean}", "model.backbone_3d={}"])
     rng = np.random.default_rng(1)
-    pts = np.concatenate([rng.uniform([0, 0, -2], [6.4, 6.4, 2], size=(4000, 3)),
+    pts = np.concatenate([rng.uniform([0, 0, -2], [12.8, 12.8, 2], size=(4000, 3)),
                           rng.random((4000, 2))], axis=1).astype(np.float32)
     vox = check(r, pts)
     assert vox.coords[:, 0].max() > 5  # several z cells
