@@ -145,8 +145,8 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
         "method": recipe.distill.method, "ratio": recipe.student.ratio, "policy": recipe.student.policy,
         "teacher_checkpoint": str(teacher), "student_checkpoint": str(student_ckpt),
         "split": recipe.dataset.val_split, "frames": s_metrics.get("frames"),
-        "teacher": {**profile_on_frame(teacher_net, recipe.model, frame), **t_metrics},
-        "student": {**profile_on_frame(pair.student, pair.student_cfg, frame), **s_metrics},
+        "teacher": {**profile_on_frame(teacher_net, frame), **t_metrics},
+        "student": {**profile_on_frame(pair.student, frame), **s_metrics},
         "curves": str(curves) if curves else None,
         "recipe": recipe.model_dump(mode="json"),
     }

@@ -10,7 +10,7 @@ from torch import nn
 
 from itkd_cli.data.loader import build_loader
 from itkd_cli.models.complexity import Frame, profile
-from itkd_cli.recipe.schema import ModelConfig, Recipe
+from itkd_cli.recipe.schema import Recipe
 
 
 def first_val_frame(recipe: Recipe) -> Frame:
@@ -21,9 +21,8 @@ def first_val_frame(recipe: Recipe) -> Frame:
     return Frame(batch.voxels, batch.num_points, batch.coords, int(batch.num_points.sum()))
 
 
-def profile_on_frame(model: nn.Module, model_cfg: ModelConfig, frame: Frame, repeats: int = 5) -> dict[str, Any]:
+def profile_on_frame(model: nn.Module, frame: Frame, repeats: int = 5) -> dict[str, Any]:
     """Headline numbers for reports: params, GMACs, median CPU latency (ms), and the per-stage detail."""
-    del model_cfg  # the network itself carries its widths; kept for a uniform call site
     cpu_model = copy.deepcopy(model).cpu().eval()
     with torch.no_grad():
         stats = profile(cpu_model, frame, repeats=repeats)
