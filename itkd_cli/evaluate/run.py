@@ -20,15 +20,8 @@ RESULTS_FILE = "results_nusc.json"
 METRICS_FILE = "metrics.json"
 
 
-def load_model(checkpoint: Union[str, Path], recipe: Optional[Recipe] = None) -> tuple[nn.Module, Recipe]:
-    """Build the network stored in one of our checkpoints and fill its weights.
-
-    Args:
-        checkpoint: our checkpoint (.pth / .safetensors) holding its recipe.
-        recipe: use this recipe instead of the stored one (its model must match the weights).
-
-    Returns:
-        (model in eval mode on CPU, recipe used).
+def load_model(checkpoint: Union[str, Path]) -> tuple[nn.Module, Recipe]:
+    """Build the network stored in one of our checkpoints (eval mode, CPU) and return it with its recipe.
 
     Raises:
         ItkdError: missing/unreadable file or weights that do not fit.
@@ -36,14 +29,10 @@ def load_model(checkpoint: Union[str, Path], recipe: Optional[Recipe] = None) ->
     path = Path(checkpoint)
     if not path.is_file():
         raise ItkdError(f"{path}: checkpoint not found", hint="pass the .pth written by `itkd train`/`itkd compress`")
-    from itkd_cli.models.build import build_model  # imports spconv: only once the file exists
-    from itkd_cli.models.checkpoint import load_into, read_ours
+    from itkd_cli.models.checkpoint import load_ours_model  # imports spconv: only once the file exists
 
-    _, stored = read_ours(path)
-    recipe = recipe or stored
-    model = build_model(recipe.model)
-    load_into(model, path, strict=True)
-    return model.eval(), recipe
+    model, recipe, _ = load_ours_model(path)
+    return model, recipe
 
 
 def _to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -50,18 +50,11 @@ class ExportResult:
 
 
 def load_checkpoint_model(checkpoint: Path) -> tuple[CenterPoint, Recipe, str]:
-    """Our checkpoint -> (model in eval mode with its weights, its stored recipe, role).
+    """Our checkpoint -> (model in eval mode with its weights, its stored recipe, role)."""
+    from itkd_cli.models.checkpoint import load_ours_model
 
-    Raises:
-        ItkdError: missing/unreadable file, not written by itkd, weights not fitting the stored recipe.
-    """
-    from itkd_cli.models.build import build_model
-    from itkd_cli.models.checkpoint import load_into, read_ours
-
-    raw, recipe = read_ours(checkpoint)
-    model = build_model(recipe.model)
-    load_into(model, checkpoint, strict=True)
-    return model.eval(), recipe, str(raw.meta.get("role", "?"))
+    model, recipe, raw = load_ours_model(checkpoint)
+    return model, recipe, str(raw.meta.get("role", "?"))
 
 
 def with_dataset(recipe: Recipe, data_root: Optional[str], version: Optional[str],

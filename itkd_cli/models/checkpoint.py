@@ -318,3 +318,21 @@ def load_into(model: nn.Module, path: str | Path, strict: bool = True, layout: O
     sd, report = load_teacher(path, model, strict=strict, layout=layout)
     model.load_state_dict(sd, strict=strict)
     return report
+
+
+def load_ours_model(path: str | Path) -> tuple[nn.Module, Any, RawCheckpoint]:
+    """Build the network stored in one of our checkpoints and fill its weights strictly.
+
+    Returns:
+        (model in eval mode on CPU, its stored Recipe, the raw checkpoint).
+
+    Raises:
+        ItkdError: missing/unreadable/foreign file, or weights that do not fit the stored recipe.
+    """
+    from itkd_cli.models.build import build_model
+
+    raw, recipe = read_ours(path)
+    model = build_model(recipe.model)
+    load_into(model, path, strict=True)
+    return model.eval(), recipe, raw
+
