@@ -8,6 +8,7 @@ nothing is hard-coded.
 from __future__ import annotations
 
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from itkd_cli.core.errors import ItkdError
 
@@ -72,6 +73,11 @@ class ChannelAutoencoder(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         """E: (B, C_t, H, W) -> (B, latent, H, W)."""
         return self.encoder(x)
+
+    def encode_fixed(self, x: Tensor) -> Tensor:
+        """E(x) with E's parameters detached: gradients reach ``x`` but never the encoder."""
+        params = {name: p.detach() for name, p in self.encoder.named_parameters()}
+        return functional_call(self.encoder, params, (x,))
 
     def decode(self, z: Tensor) -> Tensor:
         """D: (B, latent, H, W) -> (B, C_s, H, W)."""

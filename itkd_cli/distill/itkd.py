@@ -64,10 +64,14 @@ class ItkdDistiller(nn.Module):
         zero = m_s.new_zeros(())
         cr = it = head = zero
         if cfg.w_cr > 0 or cfg.w_it > 0:
-            z_s = self.autoencoder.encode(self.adapter(m_s))
+            a_s = self.adapter(m_s)
+            z_s = self.autoencoder.encode(a_s)
             z_t = self.autoencoder.encode(m_t)
             if cfg.w_cr > 0:
-                cr = cr_loss(z_s, z_t)
+                if cfg.cr_trains_encoder:
+                    cr = cr_loss(z_s, z_t, normalize=cfg.cr_normalize)
+                else:  # E learns from L_it only; L_cr pulls the student's code onto the teacher's
+                    cr = cr_loss(self.autoencoder.encode_fixed(a_s), z_t.detach(), normalize=cfg.cr_normalize)
             if cfg.w_it > 0:
                 ind, mask = pooled_centres(targets)
                 s2t = self.adapter(self.autoencoder.decode(z_s))

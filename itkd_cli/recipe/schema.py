@@ -254,6 +254,13 @@ class ItkdLossConfig(Strict):
     latent_ratio: float = Field(0.25, gt=0, le=1, description="Autoencoder latent width / teacher BEV width.")
     hidden_layers: int = Field(2, ge=0, description="Hidden 1x1 layers between input and latent (widths halve).")
     detach_student_target: bool = Field(False, description="Detach M_s as the target of the T->S crossing.")
+    cr_normalize: bool = Field(True, description=(
+        "Measure L_cr per latent channel in units of the teacher code's std, so the shared encoder cannot "
+        "zero it by shrinking its latent (false: the public code's plain mean L1)."))
+    cr_trains_encoder: bool = Field(False, description=(
+        "Let L_cr's gradient reach the shared encoder (public code). Off by default: minimising L_cr through "
+        "the encoder kills its hidden ReLUs until both codes are the same constant and L_cr is exactly 0; "
+        "off, the encoder learns from L_it and L_cr trains the student and adapter."))
     head_fusion_guard: Literal["normalize", "frozen", "none"] = Field(
         "normalize", description="How the shared head-attention fusion conv is kept from collapsing to zero.")
 

@@ -88,6 +88,25 @@ def test_gradient_reaches_student_and_kd_modules_never_teacher():
     assert all(x.grad is None for task in teacher.tasks for x in task)
 
 
+@pytest.mark.parametrize("trains_encoder", [False, True])
+def test_cr_reaches_the_shared_encoder_only_when_asked(trains_encoder):
+    """Default: L_cr trains student + adapter; the encoder (which can cheat L_cr) learns from L_it."""
+    recipe = load_recipe("synth-pillar", [SIX_TASKS])
+    t_cfg, s_cfg = recipe.model, student_of(recipe.model, 0.25)
+    cfg = ItkdLossConfig(w_it=0.0, w_head=0.0, cr_trains_encoder=trains_encoder)
+    kd = build_distiller(cfg, t_cfg, s_cfg)
+    torch.manual_seed(0)
+    student = fake_output(s_cfg, 2, 8, 8, grad=True)
+    terms = kd(student, fake_output(t_cfg, 2, 8, 8), fake_targets(t_cfg, 2, 8, 8))
+    terms.total.backward()
+    assert terms.cr.item() > 0 and student.bev.grad.abs().sum() > 0 and kd.adapter.weight.grad.abs().sum() > 0
+    enc_grads = [p.grad for p in kd.autoencoder.encoder.parameters()]
+    if trains_encoder:
+        assert all(g is not None and g.abs().sum() > 0 for g in enc_grads)
+    else:
+        assert all(g is None for g in enc_grads)
+
+
 def test_six_task_heads_do_not_multiply_the_kd_loss():
     """Defect 6: the same objects and outputs split over 6 identical task heads give the same total."""
     recipe = load_recipe("synth-pillar", [SIX_TASKS])

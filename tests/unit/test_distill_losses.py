@@ -51,10 +51,29 @@ def test_mse_at_centres_zero_objects_is_zero_not_nan():
     assert torch.isfinite(pred.grad).all()
 
 
-def test_cr_loss_is_mean_abs_difference():
+def test_cr_loss_plain_is_mean_abs_difference():
     z_s = torch.tensor([[[[1.0, -2.0]], [[0.5, 4.0]]]])
     z_t = torch.tensor([[[[0.0, 1.0]], [[0.5, 2.0]]]])
-    assert cr_loss(z_s, z_t).item() == pytest.approx((1 + 3 + 0 + 2) / 4)
+    assert cr_loss(z_s, z_t, normalize=False).item() == pytest.approx((1 + 3 + 0 + 2) / 4)
+
+
+def test_cr_loss_normalized_by_hand():
+    z_s = torch.tensor([[[[1.0, -2.0]], [[0.5, 4.0]]]])
+    z_t = torch.tensor([[[[0.0, 1.0]], [[0.5, 2.0]]]])
+    # channel 0: mean |diff| (1 + 3) / 2 = 2, std of [0, 1] = 0.5 -> 4
+    # channel 1: mean |diff| (0 + 2) / 2 = 1, std of [0.5, 2] = 0.75 -> 4/3
+    assert cr_loss(z_s, z_t).item() == pytest.approx((4 + 4 / 3) / 2)
+
+
+def test_cr_loss_normalized_cannot_be_cheated_by_rescaling_the_latent():
+    g = torch.Generator().manual_seed(0)
+    z_s, z_t = torch.randn(2, 3, 4, 5, generator=g), torch.randn(2, 3, 4, 5, generator=g)
+    scale = torch.tensor([0.01, 10.0, 1.0]).view(1, 3, 1, 1)
+    shift = torch.tensor([5.0, -3.0, 0.0]).view(1, 3, 1, 1)
+    # a shared encoder that shrinks/offsets its latent changes both codes the same way
+    assert cr_loss(z_s * scale + shift, z_t * scale + shift).item() == pytest.approx(cr_loss(z_s, z_t).item(), rel=1e-5)
+    # ... which is exactly how the plain form collapses
+    assert cr_loss(z_s * 0.01, z_t * 0.01, normalize=False) < 0.02 * cr_loss(z_s, z_t, normalize=False)
 
 
 def test_it_loss_by_hand():

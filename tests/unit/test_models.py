@@ -15,8 +15,8 @@ from itkd_cli.models.map_to_bev import HeightCompression, PointPillarScatter
 from itkd_cli.models.vfe import MeanVFE, PillarVFE
 from itkd_cli.recipe import load_recipe
 
-# +-6.4 m fits both embedded grids (0.4 m pillars, 0.16 m voxels) and all their strides
-SMALL = ["model.grid.point_range=[-6.4,-6.4,-5.0,6.4,6.4,3.0]"]
+# +-5.12 m fits both embedded grids (0.64 m pillars, 0.16 m voxels) and all their strides
+SMALL = ["model.grid.point_range=[-5.12,-5.12,-5.0,5.12,5.12,3.0]"]
 
 
 def random_frame(cfg, n_voxels: int = 300, batch: int = 2, seed: int = 0):

@@ -14,8 +14,8 @@ from itkd_cli.models import build_model
 from itkd_cli.models.complexity import STAGES, build_frame, count_macs, count_params, profile
 from itkd_cli.recipe import load_recipe
 
-# +-6.4 m fits both embedded grids (0.4 m pillars, 0.16 m voxels) and all their strides
-SMALL = ["model.grid.point_range=[-6.4,-6.4,-5.0,6.4,6.4,3.0]"]
+# +-5.12 m fits both embedded grids (0.64 m pillars, 0.16 m voxels) and all their strides
+SMALL = ["model.grid.point_range=[-5.12,-5.12,-5.0,5.12,5.12,3.0]"]
 
 
 def test_dense_macs_hand_values() -> None:

@@ -10,8 +10,8 @@ from itkd_cli.models import build_model, derive_student
 from itkd_cli.models.student import scale_width
 from itkd_cli.recipe import load_recipe
 
-# +-6.4 m fits both embedded grids (0.4 m pillars, 0.16 m voxels) and all their strides
-SMALL = ["model.grid.point_range=[-6.4,-6.4,-5.0,6.4,6.4,3.0]"]
+# +-5.12 m fits both embedded grids (0.64 m pillars, 0.16 m voxels) and all their strides
+SMALL = ["model.grid.point_range=[-5.12,-5.12,-5.0,5.12,5.12,3.0]"]
 ONE_TASK = ["model.head.tasks=[[car, truck, construction_vehicle, bus, trailer, barrier, motorcycle, bicycle, "
             "pedestrian, traffic_cone]]"]
 

@@ -42,7 +42,7 @@ def test_init_from_teacher_keeps_leading_channels(one_thread):
     from itkd_cli.models.student import derive_student
     from itkd_cli.pipeline.teacher_student import channel_select
 
-    cfg = load_recipe("synth-pillar", ["model.grid.point_range=[-6.4,-6.4,-5.0,6.4,6.4,3.0]"]).model
+    cfg = load_recipe("synth-pillar", ["model.grid.point_range=[-5.12,-5.12,-5.0,5.12,5.12,3.0]"]).model
     teacher, student = build_model(cfg), build_model(derive_student(cfg, 0.25, "neck"))
     copied = channel_select(student, teacher)
     t_state, s_state = teacher.state_dict(), student.state_dict()

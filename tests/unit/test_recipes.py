@@ -62,7 +62,7 @@ def test_extends_and_overrides(tmp_path: Path) -> None:
         ({"extends": "does-not-exist"}, "does-not-exist: no such recipe"),
         ({"extends": "synth-pillar", "model": {"head": {"tasks": [["car"]]}}}, "no task head predicts"),
         ({"extends": "synth-pillar", "model": {"grid": {"voxel_size": [0.35, 0.4, 8.0]}}}, "not a multiple"),
-        ({"extends": "synth-pillar", "model": {"grid": {"point_range": [-6.0, -6.0, -5.0, 6.0, 6.0, 3.0]}}},
+        ({"extends": "synth-pillar", "model": {"grid": {"point_range": [-6.4, -6.4, -5.0, 6.4, 6.4, 3.0]}}},
          "must be divisible by 8"),
     ],
 )
