@@ -134,14 +134,14 @@ def step_time(run: Path) -> Optional[float]:
     return statistics.median(values) if values else None
 
 
-def table(out: Path, reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def table(out: Path, reports: dict[str, dict[str, Any]], teacher: Path) -> list[dict[str, Any]]:
     """Rows: teacher first, then every run with the fraction of the teacher - alone mAP gap it closes."""
     any_report = next(iter(reports.values()))
     t = any_report["teacher"]
     alone = reports["none"]["student"]["mAP"] if "none" in reports else None
     gap = t["mAP"] - alone if alone is not None else None
     rows = [{"method": "teacher", "mAP": t["mAP"], "NDS": t["NDS"], "params": t["params"], "gmacs": t["gmacs"],
-             "sec_per_step": _teacher_step(out), "step_vs_alone": None, "gap_closed": 1.0}]
+             "sec_per_step": _teacher_step(teacher.parent), "step_vs_alone": None, "gap_closed": 1.0}]
     alone_step = step_time(out / "runs" / slug("none")) if "none" in reports else None
     for name, rep in reports.items():
         s, sec = rep["student"], step_time(out / "runs" / slug(name))
@@ -151,8 +151,9 @@ def table(out: Path, reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
     return rows
 
 
-def _teacher_step(out: Path) -> Optional[float]:
-    values = [r["sec_per_step"] for r in read_metrics_log(out / "teacher" / "metrics.jsonl") if "sec_per_step" in r]
+def _teacher_step(run: Path) -> Optional[float]:
+    """Median step time of the teacher's own training run (the folder holding its checkpoint)."""
+    values = [r["sec_per_step"] for r in read_metrics_log(run / "metrics.jsonl") if "sec_per_step" in r]
     return statistics.median(values) if values else None
 
 
@@ -205,9 +206,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.only is not None and name not in args.only:
             continue
         reports[name] = run_one(out, name, method, extra, teacher, sets, args.ratio, args.max_eval_frames)
-    rows = table(out, reports)
+    rows = table(out, reports, teacher)
     meta = {"command": [Path(sys.executable).name, *sys.argv], "preset": args.preset, "scenes": args.scenes,
-            "seed": args.seed, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
+            "seed": args.seed, "teacher_epochs": None if args.teacher else args.teacher_epochs, "student_epochs": args.student_epochs,
             "ratio": args.ratio, "sets": args.sets, "teacher": str(teacher),
             "split": next(iter(reports.values()))["split"], "threads": args.threads,
             "loadavg_at_table": os.getloadavg(),
