@@ -20,7 +20,7 @@ def demo_command(
     frames: Optional[int] = typer.Option(None, "--frames", help="Keyframes per scene (default: the preset's)."),
     ratio: float = typer.Option(0.25, "--ratio", help="Student width / teacher width."),
     teacher_epochs: Optional[int] = typer.Option(None, "--teacher-epochs", help="Teacher epochs (default: the recipe's)."),
-    student_epochs: Optional[int] = typer.Option(6, "--student-epochs", help="Student epochs (6 keeps the whole demo under 20 minutes on 2 CPU cores)."),
+    student_epochs: Optional[int] = typer.Option(8, "--student-epochs", help="Student epochs (8 keeps the whole demo under 20 minutes on 2 CPU cores)."),
     max_eval_frames: Optional[int] = typer.Option(None, "--max-eval-frames", help="Evaluate only the first N val frames."),
     overrides: List[str] = SetOpt,
     json_out: bool = JsonOpt,

@@ -111,7 +111,9 @@ def cr_loss(z_s: Tensor, z_t: Tensor, normalize: bool = True, eps: float = 1e-6)
 
     The plain form (``normalize=False``) is the mean absolute difference over every element. It has a
     degenerate minimum: the shared encoder can shrink (or offset) its latent and the decoder undo it,
-    which drives L_cr to 0 without the codes agreeing (measured: 0.035 -> 0.000 in ~25 steps). With
+    which drives L_cr to 0 without the codes agreeing (measured: 0.035 -> 0.000 in ~25 steps; the
+    extreme case, dead hidden ReLUs giving both sides the same constant code, is prevented by keeping
+    L_cr's gradient off the encoder, see ``ItkdLossConfig.cr_trains_encoder``). With
     ``normalize=True`` each latent channel's mean absolute difference is divided by that channel's
     standard deviation of the teacher code (population std over batch and map, kept in the graph),
     so the loss is invariant to any per-channel affine change of the latent and cannot be cheated.
