@@ -208,7 +208,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         reports[name] = run_one(out, name, method, extra, teacher, sets, args.ratio, args.max_eval_frames)
     rows = table(out, reports, teacher)
     meta = {"command": [Path(sys.executable).name, *sys.argv], "preset": args.preset, "scenes": args.scenes,
-            "seed": args.seed, "teacher_epochs": None if args.teacher else args.teacher_epochs, "student_epochs": args.student_epochs,
+            "seed": args.seed, "teacher_epochs": None if args.teacher else args.teacher_epochs,
+            "student_epochs": args.student_epochs,
             "ratio": args.ratio, "sets": args.sets, "teacher": str(teacher),
             "split": next(iter(reports.values()))["split"], "threads": args.threads,
             "loadavg_at_table": os.getloadavg(),

@@ -65,8 +65,9 @@ class ItkdDistiller(nn.Module):
         cr = it = head = zero
         if cfg.w_cr > 0 or cfg.w_it > 0:
             a_s = self.adapter(m_s)
-            z_s = self.autoencoder.encode(a_s)
             z_t = self.autoencoder.encode(m_t)
+            # E(A(M_s)) with E trainable, only where a term trains the encoder through it
+            z_s = self.autoencoder.encode(a_s) if cfg.w_it > 0 or cfg.cr_trains_encoder else None
             if cfg.w_cr > 0:
                 if cfg.cr_trains_encoder:
                     cr = cr_loss(z_s, z_t, normalize=cfg.cr_normalize)

@@ -260,7 +260,8 @@ class ItkdLossConfig(Strict):
     cr_trains_encoder: bool = Field(False, description=(
         "Let L_cr's gradient reach the shared encoder (public code). Off by default: minimising L_cr through "
         "the encoder kills its hidden ReLUs until both codes are the same constant and L_cr is exactly 0; "
-        "off, the encoder learns from L_it and L_cr trains the student and adapter."))
+        "off, the encoder learns from L_it (so with w_it = 0 it keeps its initialisation) and L_cr trains the "
+        "student and adapter."))
     head_fusion_guard: Literal["normalize", "frozen", "none"] = Field(
         "normalize", description="How the shared head-attention fusion conv is kept from collapsing to zero.")
 
