@@ -55,3 +55,33 @@ def derive_student(model_cfg: ModelConfig, ratio: float, policy: str) -> ModelCo
         head["shared_conv_channels"] = scale_width(head["shared_conv_channels"], ratio)
         head["head_conv_channels"] = scale_width(head["head_conv_channels"], ratio)
     return ModelConfig.model_validate(data)
+
+
+def _block_index(teacher_widths: list[int], student_widths: list[int]) -> list[int]:
+    """Teacher channel of each student channel of a concat of blocks: the leading channels of EACH block."""
+    index, offset = [], 0
+    for t_w, s_w in zip(teacher_widths, student_widths):
+        index.extend(range(offset, offset + s_w))
+        offset += t_w
+    return index
+
+
+def concat_input_index(teacher_cfg: ModelConfig, student_cfg: ModelConfig) -> dict[str, tuple[int, list[int]]]:
+    """Where a student tensor reads a CONCATENATION of narrowed blocks, the teacher channels it keeps.
+
+    Channel selection keeps the leading channels of every layer. A layer that reads a concat of blocks
+    must then keep the leading channels of each block, not the leading channels of the concat:
+    the head's shared conv reads [up_0 | up_1 | ...] of the neck, and a non-last PFN layer's output
+    is [x | max(x)], read by the next PFN layer.
+
+    Returns:
+        {state-dict key: (dim, teacher indices)} for every such tensor of the student.
+    """
+    index = {"dense_head.shared_conv.0.weight": (1, _block_index(
+        teacher_cfg.backbone_2d.num_upsample_filters, student_cfg.backbone_2d.num_upsample_filters))}
+    if teacher_cfg.vfe.kind == "pillar":  # non-last PFN layers output width // 2 doubled by the concat
+        t_f, s_f = teacher_cfg.vfe.filters, student_cfg.vfe.filters
+        for i in range(1, len(t_f)):
+            t_half, s_half = t_f[i - 1] // 2, s_f[i - 1] // 2
+            index[f"vfe.pfn_layers.{i}.linear.weight"] = (1, _block_index([t_half, t_half], [s_half, s_half]))
+    return index

@@ -11,7 +11,7 @@ from torch import nn
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.models.build import build_model
 from itkd_cli.models.checkpoint import LoadReport, load_teacher, read_checkpoint, read_ours
-from itkd_cli.models.student import derive_student
+from itkd_cli.models.student import concat_input_index, derive_student
 from itkd_cli.recipe.load import apply_overrides, load_raw, resolve_path, validate
 from itkd_cli.recipe.schema import ModelConfig, Recipe
 
@@ -50,19 +50,29 @@ def resolve_recipe(teacher_path: Path, recipe: Optional[str], overrides: Iterabl
     return chosen
 
 
-def channel_select(student: nn.Module, teacher: nn.Module) -> int:
+def channel_select(student: nn.Module, teacher: nn.Module,
+                   concat_index: Optional[dict[str, tuple[int, list[int]]]] = None) -> int:
     """Initialise the student from the teacher by keeping the leading channels of every tensor.
+
+    Args:
+        student: Narrower network (same layer names).
+        teacher: Trained teacher.
+        concat_index: {key: (dim, teacher indices)} for tensors that read a concat of narrowed
+            blocks (``models.student.concat_input_index``): along ``dim`` they keep those channels.
 
     Returns:
         Number of student tensors initialised (shapes must be no larger than the teacher's).
     """
-    t_state = teacher.state_dict()
+    t_state, concat_index = teacher.state_dict(), concat_index or {}
     new_state, copied = {}, 0
     for key, s_val in student.state_dict().items():
         t_val = t_state.get(key)
         if t_val is None or t_val.dim() != s_val.dim() or any(s > t for s, t in zip(s_val.shape, t_val.shape)):
             new_state[key] = s_val
             continue
+        if key in concat_index:
+            dim, keep = concat_index[key]
+            t_val = t_val.index_select(dim, torch.tensor(keep, dtype=torch.long))
         new_state[key] = t_val[tuple(slice(0, s) for s in s_val.shape)].clone()
         copied += 1
     student.load_state_dict(new_state)
@@ -77,7 +87,7 @@ def build_pair(recipe: Recipe, teacher_path: Path, device: torch.device) -> Pair
     student_cfg = derive_student(recipe.model, recipe.student.ratio, recipe.student.policy)
     student = build_model(student_cfg)
     if recipe.student.init_from_teacher:
-        channel_select(student, teacher)
+        channel_select(student, teacher, concat_input_index(recipe.model, student_cfg))
     return Pair(recipe, student_cfg, teacher.to(device), student.to(device), report)
 
 
