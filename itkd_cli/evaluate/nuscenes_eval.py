@@ -11,7 +11,9 @@ import io
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Mapping, Optional, Sequence
+from unittest import mock
 
 import numpy as np
 from pyquaternion import Quaternion
@@ -194,8 +196,12 @@ def run_detection_eval(nusc, result_path: str | Path, split: str, out_dir: str |
     wanted = set(only_tokens) if only_tokens is not None else set(results)
     if not any(results[t] for t in wanted if t in results):
         return empty_submission_metrics(config_name, len(wanted))
-    # The devkit prints its own summary (ours is the table): keep it off stdout (--json) and the console.
-    with contextlib.redirect_stdout(io.StringIO()):
+    # The devkit prints its own summary (ours is the table): keep it off stdout (--json) and the console;
+    # its box loaders draw tqdm bars on stderr even with verbose=False: iterate plainly instead.
+    from nuscenes.eval.common import loaders
+
+    quiet_tqdm = SimpleNamespace(tqdm=lambda iterable, *args, **kwargs: iterable)
+    with contextlib.redirect_stdout(io.StringIO()), mock.patch.object(loaders, "tqdm", quiet_tqdm):
         ev = DetectionEval(nusc, config=config_factory(config_name), result_path=str(result_path),
                            eval_set=split, output_dir=str(out_dir), verbose=False)
         if only_tokens is not None:

@@ -55,7 +55,7 @@ def _gt_as_predictions(recipe, split: str) -> tuple[dict, dict]:
     return dets, poses
 
 
-def _evaluate(recipe, split: str, out: Path) -> tuple[dict, set]:
+def _evaluate(recipe, split: str, out: Path, capfd=None) -> tuple[dict, set]:
     dets, poses = _gt_as_predictions(recipe, split)
     nusc = open_nuscenes(recipe.dataset.root, recipe.dataset.version)
     present = _devkit_gt_classes(nusc, split)
@@ -64,7 +64,12 @@ def _evaluate(recipe, split: str, out: Path) -> tuple[dict, set]:
     results = json.loads(path.read_text())["results"]
     assert set(results) == set(split_sample_tokens(nusc, split))
     assert all(isinstance(b["detection_score"], float) and "attribute_name" in b for v in results.values() for b in v)
-    return run_detection_eval(nusc, path, split, out, render_curves=False), present
+    if capfd is not None:
+        capfd.readouterr()
+    metrics = run_detection_eval(nusc, path, split, out, render_curves=False)
+    if capfd is not None:  # the devkit's tqdm bars (drawn even with verbose=False) stay off the console
+        assert "it/s]" not in capfd.readouterr().err
+    return metrics, present
 
 
 def _check_present(metrics: dict, present: set) -> None:
@@ -75,7 +80,7 @@ def _check_present(metrics: dict, present: set) -> None:
             assert row[err] is None or row[err] < 1e-3, (name, err, row)
 
 
-def test_gt_through_writer_mini_fixture(tmp_path: Path) -> None:
+def test_gt_through_writer_mini_fixture(tmp_path: Path, capfd) -> None:
     if not FIXTURE.is_dir():
         pytest.skip(f"{FIXTURE} is absent (real fixtures live in ../shared beside the checkout)")
     root = tmp_path / "nuscenes"
@@ -83,7 +88,7 @@ def test_gt_through_writer_mini_fixture(tmp_path: Path) -> None:
     (root / "v1.0-mini" / "splits.json").write_text(json.dumps({"one": ["scene-0061"]}))
     recipe = load_recipe("synth-pillar", [f"dataset.root={root}", "dataset.version=v1.0-mini",
                                           "dataset.val_split=one", "dataset.sweeps=1", "dataset.workers=0"])
-    metrics, present = _evaluate(recipe, "one", tmp_path / "eval")
+    metrics, present = _evaluate(recipe, "one", tmp_path / "eval", capfd)
     assert metrics["samples"] == 1
     assert {"car", "pedestrian"} <= present
     _check_present(metrics, present)
