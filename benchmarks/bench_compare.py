@@ -3,7 +3,7 @@
 Usage:
     .venv/bin/python benchmarks/bench_compare.py --out runs/compare [--preset default] [--scenes N]
         [--seed 0] [--teacher-epochs N] [--student-epochs N] [--teacher PATH] [--ratio 0.25]
-        [--max-eval-frames N] [--only NAME ...]
+        [--max-eval-frames N] [--only NAME ...] [--set KEY=VALUE ...] [--tune-seed N]
 
 One synthetic world (out/world), one teacher (out/teacher/last.pth, or --teacher), then every student
 run goes through the same code as `itkd compress` (compress_recipe + compress) with the SAME schedule
@@ -12,7 +12,9 @@ killed benchmark resumes where it stopped. Prints one table and writes compariso
 
 Columns: mAP, NDS (official nuScenes DetectionEval on the val split), params and GMACs (profile on the
 first val frame), train step time (median sec_per_step of the run's train/metrics.jsonl) and
-gap closed = (mAP_run - mAP_alone) / (mAP_teacher - mAP_alone).
+gap closed = (mAP_run - mAP_alone) / (mAP_teacher - mAP_alone). With --tune-seed every model is also
+scored on the val split of a second world (same preset, other seed): the tuning split on which
+configurations are compared, so that the reported val split is used for nothing but the final numbers.
 """
 
 from __future__ import annotations
@@ -134,20 +136,52 @@ def step_time(run: Path) -> Optional[float]:
     return statistics.median(values) if values else None
 
 
-def table(out: Path, reports: dict[str, dict[str, Any]], teacher: Path) -> list[dict[str, Any]]:
-    """Rows: teacher first, then every run with the fraction of the teacher - alone mAP gap it closes."""
+def tune_map(out: Path, name: str, checkpoint: Path, tune_world: Optional[Path]) -> Optional[float]:
+    """mAP of a checkpoint on the TUNING world's val split (another seed of the same preset), cached.
+
+    Choices between configurations are made on this column, never on the reported val split."""
+    import json
+
+    if tune_world is None:
+        return None
+    from itkd_cli.evaluate.run import evaluate_nuscenes, load_model
+    from itkd_cli.recipe import recipe_from_dict
+
+    cached = out / "tune_eval" / slug(name) / "metrics.json"
+    if not cached.is_file():
+        model, stored = load_model(checkpoint)
+        data = stored.model_dump(mode="json")
+        data["dataset"]["root"] = str(tune_world)
+        evaluate_nuscenes(recipe_from_dict(data, source="tuning world"), model, cached.parent)
+        log(f"{name}: tuning-world mAP {json.loads(cached.read_text())['mAP']:.4f}")
+    return json.loads(cached.read_text())["mAP"]
+
+
+def _gap_closed(value: Optional[float], alone: Optional[float], teacher: Optional[float]) -> Optional[float]:
+    if value is None or alone is None or teacher is None or teacher == alone:
+        return None
+    return (value - alone) / (teacher - alone)
+
+
+def table(out: Path, reports: dict[str, dict[str, Any]], teacher: Path,
+          tune_world: Optional[Path] = None) -> list[dict[str, Any]]:
+    """Rows: teacher first, then every run with the fraction of the teacher - alone mAP gap it closes
+    (on the reported val split, and on the tuning world when one is given)."""
     any_report = next(iter(reports.values()))
     t = any_report["teacher"]
     alone = reports["none"]["student"]["mAP"] if "none" in reports else None
-    gap = t["mAP"] - alone if alone is not None else None
+    tune = {name: tune_map(out, name, out / "runs" / slug(name) / "student.pth", tune_world) for name in reports}
+    tune_t = tune_map(out, "teacher", teacher, tune_world)
     rows = [{"method": "teacher", "mAP": t["mAP"], "NDS": t["NDS"], "params": t["params"], "gmacs": t["gmacs"],
-             "sec_per_step": _teacher_step(teacher.parent), "step_vs_alone": None, "gap_closed": 1.0}]
+             "sec_per_step": _teacher_step(teacher.parent), "step_vs_alone": None, "gap_closed": 1.0,
+             "tune_mAP": tune_t, "tune_gap_closed": 1.0 if tune_world else None}]
     alone_step = step_time(out / "runs" / slug("none")) if "none" in reports else None
     for name, rep in reports.items():
         s, sec = rep["student"], step_time(out / "runs" / slug(name))
         rows.append({"method": name, "mAP": s["mAP"], "NDS": s["NDS"], "params": s["params"], "gmacs": s["gmacs"],
                      "sec_per_step": sec, "step_vs_alone": sec / alone_step if sec and alone_step else None,
-                     "gap_closed": (s["mAP"] - alone) / gap if gap else None})
+                     "gap_closed": _gap_closed(s["mAP"], alone, t["mAP"]),
+                     "tune_mAP": tune[name], "tune_gap_closed": _gap_closed(tune[name], tune.get("none"), tune_t)})
     return rows
 
 
@@ -162,13 +196,16 @@ def _f(v: Any, fmt: str) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    lines = ["| method | mAP | NDS | params | GMACs | train s/step | s/step vs alone | gap closed |",
-             "|---|---|---|---|---|---|---|---|"]
+    tuned = any(r["tune_mAP"] is not None for r in rows)
+    lines = ["| method | mAP | NDS | params | GMACs | train s/step | s/step vs alone | gap closed |"
+             + (" tuning-world mAP | tuning gap closed |" if tuned else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|---|" if tuned else "")]
     for r in rows:
         lines.append(f"| {r['method']} | {_f(r['mAP'], '{:.4f}')} | {_f(r['NDS'], '{:.4f}')} | "
                      f"{_f(r['params'], '{:,.0f}')} | {_f(r['gmacs'], '{:.2f}')} | "
                      f"{_f(r['sec_per_step'], '{:.3f}')} | {_f(r['step_vs_alone'], '{:.2f}x')} | "
-                     f"{_f(r['gap_closed'], '{:+.2f}')} |")
+                     f"{_f(r['gap_closed'], '{:+.2f}')} |"
+                     + (f" {_f(r['tune_mAP'], '{:.4f}')} | {_f(r['tune_gap_closed'], '{:+.2f}')} |" if tuned else ""))
     lines += ["", "teacher s/step is the teacher's own training step; students' include the frozen teacher forward.",
               "", "```", " ".join(meta["command"]), "```"]
     return "\n".join(lines) + "\n"
@@ -191,6 +228,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (1 avoids OpenMP oversubscription when other jobs share the cores)")
     ap.add_argument("--only", nargs="*", default=None, help="run only these names (see RUNS)")
+    ap.add_argument("--tune-seed", type=int, default=None,
+                    help="also score every model on the val split of a second world of this seed (the tuning "
+                         "split: compare configurations there, keep the reported val split for the final numbers)")
     args = ap.parse_args(argv)
     if args.threads:
         import torch
@@ -201,14 +241,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     world = make_world(out, args.preset, args.scenes, args.seed)
     teacher = args.teacher or make_teacher(out, world, args.teacher_epochs, args.seed, args.workers, args.sets)
     sets = common_sets(world, args.student_epochs, args.seed, args.workers, args.sets)
+    if args.tune_seed is not None and args.tune_seed == args.seed:
+        ap.error("--tune-seed must differ from --seed: the tuning world must not be the reported one")
+    tune_world = None
+    if args.tune_seed is not None:
+        from itkd_cli.data.synth.render import generate
+
+        tune_world = out / "tune_world"
+        generate(tune_world, scenes=args.scenes, seed=args.tune_seed, preset=args.preset)
     reports = {}
     for name, method, extra in RUNS:
         if args.only is not None and name not in args.only:
             continue
         reports[name] = run_one(out, name, method, extra, teacher, sets, args.ratio, args.max_eval_frames)
-    rows = table(out, reports, teacher)
+    rows = table(out, reports, teacher, tune_world)
     meta = {"command": [Path(sys.executable).name, *sys.argv], "preset": args.preset, "scenes": args.scenes,
-            "seed": args.seed, "teacher_epochs": None if args.teacher else args.teacher_epochs,
+            "seed": args.seed, "tune_seed": args.tune_seed, "teacher_epochs": None if args.teacher else args.teacher_epochs,
             "student_epochs": args.student_epochs,
             "ratio": args.ratio, "sets": args.sets, "teacher": str(teacher),
             "split": next(iter(reports.values()))["split"], "threads": args.threads,
