@@ -3,7 +3,8 @@
 Usage:
     .venv/bin/python benchmarks/bench_compare.py --out runs/compare [--preset default] [--scenes N]
         [--seed 0] [--teacher-epochs N] [--student-epochs N] [--teacher PATH] [--ratio 0.25]
-        [--max-eval-frames N] [--only NAME ...] [--set KEY=VALUE ...] [--tune-seed N]
+        [--max-eval-frames N] [--only NAME ...] [--set KEY=VALUE ...] [--variant NAME METHOD [KEY=VALUE ...]]
+        [--tune-seed N]
 
 One synthetic world (out/world), one teacher (out/teacher/last.pth, or --teacher), then every student
 run goes through the same code as `itkd compress` (compress_recipe + compress) with the SAME schedule
@@ -158,7 +159,9 @@ def tune_map(out: Path, name: str, checkpoint: Path, tune_world: Optional[Path])
 
 
 def _gap_closed(value: Optional[float], alone: Optional[float], teacher: Optional[float]) -> Optional[float]:
-    if value is None or alone is None or teacher is None or teacher == alone:
+    """Fraction of the teacher - alone gap a run closes; undefined (None) when the student alone
+    already matches or beats the teacher: there is then no gap to close."""
+    if value is None or alone is None or teacher is None or teacher <= alone:
         return None
     return (value - alone) / (teacher - alone)
 
@@ -228,10 +231,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (1 avoids OpenMP oversubscription when other jobs share the cores)")
     ap.add_argument("--only", nargs="*", default=None, help="run only these names (see RUNS)")
+    ap.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME METHOD [KEY=VALUE]",
+                    help="an extra run besides RUNS (always run, --only or not), e.g. "
+                         "--variant 'itkd detached M_s' itkd distill.itkd.detach_student_target=true")
     ap.add_argument("--tune-seed", type=int, default=None,
                     help="also score every model on the val split of a second world of this seed (the tuning "
                          "split: compare configurations there, keep the reported val split for the final numbers)")
     args = ap.parse_args(argv)
+    bad = [v for v in args.variant if len(v) < 2 or any("=" not in kv for kv in v[2:])]
+    if bad:  # arguments are checked before any world or teacher is made
+        ap.error(f"--variant {' '.join(bad[0])}: expected NAME METHOD [KEY=VALUE ...]")
+    if args.tune_seed is not None and args.tune_seed == args.seed:
+        ap.error("--tune-seed must differ from --seed: the tuning world must not be the reported one")
     if args.threads:
         import torch
 
@@ -241,8 +252,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     world = make_world(out, args.preset, args.scenes, args.seed)
     teacher = args.teacher or make_teacher(out, world, args.teacher_epochs, args.seed, args.workers, args.sets)
     sets = common_sets(world, args.student_epochs, args.seed, args.workers, args.sets)
-    if args.tune_seed is not None and args.tune_seed == args.seed:
-        ap.error("--tune-seed must differ from --seed: the tuning world must not be the reported one")
     tune_world = None
     if args.tune_seed is not None:
         from itkd_cli.data.synth.render import generate
@@ -250,9 +259,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         tune_world = out / "tune_world"
         generate(tune_world, scenes=args.scenes, seed=args.tune_seed, preset=args.preset)
     reports = {}
-    for name, method, extra in RUNS:
-        if args.only is not None and name not in args.only:
-            continue
+    runs = [(name, method, extra) for name, method, extra in RUNS if args.only is None or name in args.only]
+    for name, method, extra in runs + [(v[0], v[1], tuple(v[2:])) for v in args.variant]:
         reports[name] = run_one(out, name, method, extra, teacher, sets, args.ratio, args.max_eval_frames)
     rows = table(out, reports, teacher, tune_world)
     meta = {"command": [Path(sys.executable).name, *sys.argv], "preset": args.preset, "scenes": args.scenes,

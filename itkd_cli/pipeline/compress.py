@@ -117,7 +117,8 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pair = build_pair(recipe, teacher, device)
     log(f"teacher {teacher} ({pair.load_report.format}, spconv layout {pair.load_report.layout or 'n/a'}) "
-        f"-> {recipe.distill.method} student, ratio {recipe.student.ratio}, policy {recipe.student.policy}")
+        f"-> {recipe.distill.method} student, ratio {recipe.student.ratio}, policy {recipe.student.policy}, "
+        f"{'initialised from the teacher' if recipe.student.init_from_teacher else 'random init'}")
     teacher_net = pair.teacher
     pair = pair._replace(teacher=freeze_teacher(teacher_net))
     kd = build_kd(recipe.distill, recipe.model, pair.student_cfg).to(device)

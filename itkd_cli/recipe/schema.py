@@ -243,7 +243,9 @@ class StudentConfig(Strict):
     ratio: float = Field(0.25, gt=0, le=1, description="Student width as a fraction of the teacher's.")
     policy: Literal["neck", "full"] = Field(
         "neck", description="neck: scale only the 2D neck (itKD paper); full: also 3D backbone, BEV and head shared conv (SparseKD).")
-    init_from_teacher: bool = Field(False, description="Initialise the student from teacher weights by channel selection.")
+    init_from_teacher: bool = Field(True, description=(
+        "Start the student from the teacher's weights by channel selection (the leading channels of every "
+        "layer and of every concatenated block); false trains it from random init as in the itKD paper."))
 
 
 class ItkdLossConfig(Strict):

@@ -106,3 +106,21 @@ def test_channel_select_reproduces_a_teacher_whose_extra_channels_are_dead(one_t
     with torch.no_grad():
         assert not torch.allclose(teacher(voxels, num_points, coords, 1).tasks[0].hm,
                                   student(voxels, num_points, coords, 1).tasks[0].hm, atol=1e-4)
+
+
+@pytest.mark.parametrize("init", [True, False])
+def test_build_pair_initialises_the_student_from_the_teacher_by_default(one_thread, tmp_path, init):
+    import torch
+
+    from itkd_cli.models.build import build_model
+    from itkd_cli.models.checkpoint import save_checkpoint
+    from itkd_cli.pipeline.teacher_student import build_pair
+
+    sets = ["model.grid.point_range=[-5.12,-5.12,-5.0,5.12,5.12,3.0]"]
+    recipe = load_recipe("synth-pillar", sets + ([] if init else ["student.init_from_teacher=false"]))
+    assert load_recipe("synth-pillar", sets).student.init_from_teacher  # the default
+    torch.manual_seed(1)
+    path = save_checkpoint(tmp_path / "teacher.pth", build_model(recipe.model), recipe, "teacher")
+    pair = build_pair(recipe, path, torch.device("cpu"))
+    key = "vfe.pfn_layers.0.linear.weight"  # same width in teacher and neck-policy student
+    assert torch.equal(pair.student.state_dict()[key], pair.teacher.state_dict()[key]) is init
