@@ -146,14 +146,13 @@ def tune_map(out: Path, name: str, checkpoint: Path, tune_world: Optional[Path])
     if tune_world is None:
         return None
     from itkd_cli.evaluate.run import evaluate_nuscenes, load_model
-    from itkd_cli.recipe import recipe_from_dict
+    from itkd_cli.recipe.load import apply_overrides, validate
 
     cached = out / "tune_eval" / slug(name) / "metrics.json"
     if not cached.is_file():
         model, stored = load_model(checkpoint)
-        data = stored.model_dump(mode="json")
-        data["dataset"]["root"] = str(tune_world)
-        evaluate_nuscenes(recipe_from_dict(data, source="tuning world"), model, cached.parent)
+        data = apply_overrides(stored.model_dump(mode="json"), [f"dataset.root={tune_world}"])
+        evaluate_nuscenes(validate(data, f"{checkpoint}: recipe on the tuning world"), model, cached.parent)
         log(f"{name}: tuning-world mAP {json.loads(cached.read_text())['mAP']:.4f}")
     return json.loads(cached.read_text())["mAP"]
 

@@ -55,17 +55,22 @@ def test_init_from_teacher_keeps_leading_channels(one_thread):
     assert torch.equal(s_state["vfe.pfn_layers.0.linear.weight"], t_state["vfe.pfn_layers.0.linear.weight"])
 
 
+def _batch_norms(model):
+    import torch
+
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
+
+
 def _kill_channels_beyond(teacher, student) -> None:
     """Zero gamma and beta of every teacher BN channel the student does not keep: those channels output 0."""
     import torch
 
     s_modules = dict(student.named_modules())
-    for name, bn in teacher.named_modules():
-        if isinstance(bn, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            keep = s_modules[name].num_features
-            with torch.no_grad():
-                bn.weight[keep:] = 0.0
-                bn.bias[keep:] = 0.0
+    for name, bn in _batch_norms(teacher):
+        keep = s_modules[name].num_features
+        with torch.no_grad():
+            bn.weight[keep:] = 0.0
+            bn.bias[keep:] = 0.0
 
 
 @pytest.mark.parametrize("policy", ["neck", "full"])
@@ -84,7 +89,7 @@ def test_channel_select_reproduces_a_teacher_whose_extra_channels_are_dead(one_t
     student_cfg = derive_student(cfg, ratio, policy)
     torch.manual_seed(0)
     teacher, student = build_model(cfg).eval(), build_model(student_cfg).eval()
-    for bn in (m for m in teacher.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))):
+    for _, bn in _batch_norms(teacher):
         torch.nn.init.uniform_(bn.weight, 0.5, 1.5)  # non-trivial BN so a wrong channel changes the output
         torch.nn.init.uniform_(bn.bias, -0.2, 0.2)
     _kill_channels_beyond(teacher, student)

@@ -1,0 +1,39 @@
+"""benchmarks/bench_compare.py: argument errors before any work, and the gap-closed arithmetic."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_compare.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_compare", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variant", "lonely"], "expected NAME METHOD"),
+    (["--variant", "x", "itkd", "distill.itkd.w_head"], "expected NAME METHOD"),
+    (["--seed", "3", "--tune-seed", "3"], "--tune-seed must differ from --seed"),
+])
+def test_bad_arguments_exit_2_before_anything_is_made(bench, tmp_path, capsys, args, message):
+    out = tmp_path / "cmp"
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--out", str(out), *args])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # no world generated, no teacher trained
+
+
+def test_gap_closed(bench):
+    assert bench._gap_closed(0.30, 0.20, 0.40) == pytest.approx(0.5)
+    assert bench._gap_closed(0.10, 0.20, 0.40) == pytest.approx(-0.5)
+    assert bench._gap_closed(0.30, 0.35, 0.34) is None  # the student alone beats the teacher: no gap
+    assert bench._gap_closed(None, 0.20, 0.40) is None
