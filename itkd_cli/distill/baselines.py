@@ -13,7 +13,7 @@ All baselines reduce over the pooled elements/objects of every task head (never 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -101,9 +101,10 @@ def filter_teacher_detections(dets: Sequence[Detections], label_score: float) ->
 
 
 class NoKD(nn.Module):
-    """No distillation: every term 0 (the student trains on the detection loss alone)."""
+    """No distillation: every term 0 (the student trains on the detection loss alone; no teacher needed)."""
 
-    def forward(self, student: DetectorOutput, teacher: DetectorOutput, targets: Sequence[TaskTargets]) -> KDTerms:
+    def forward(self, student: DetectorOutput, teacher: Optional[DetectorOutput],
+                targets: Sequence[TaskTargets]) -> KDTerms:
         return zero_terms(student.bev)
 
 

@@ -13,7 +13,7 @@ from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.io import write_json
 from itkd_cli.core.types import Batch
 from itkd_cli.data.loader import build_loader
-from itkd_cli.distill.baselines import build_kd, kd_lambda
+from itkd_cli.distill.baselines import NoKD, build_kd, kd_lambda
 from itkd_cli.distill.losses import combine
 from itkd_cli.distill.teacher import freeze_teacher
 from itkd_cli.evaluate.run import evaluate_nuscenes
@@ -52,14 +52,20 @@ def compress_recipe(teacher: Path, recipe: Optional[str], overrides: Iterable[st
     return validate(apply_overrides(base.model_dump(mode="json"), flags, "flags"), "command-line flags")
 
 
-def _step_fn(pair, kd, lam: float, label_kd: Optional[LabelKD]) -> Callable[[Batch], tuple]:
-    """Loss of one batch: lam * KD + (1 - lam) * detection loss (+ teacher-label loss for sparsekd)."""
+def distill_step_fn(pair, kd, lam: float, label_kd: Optional[LabelKD]) -> Callable[[Batch], tuple]:
+    """Loss of one batch: lam * KD + (1 - lam) * detection loss (+ teacher-label loss for sparsekd).
+
+    The student alone (``NoKD``) never runs the teacher: its step is the reference KD steps are timed
+    against, and a teacher forward it does not use would make every KD method look cheaper."""
     head_cfg = pair.student_cfg.head
+    uses_teacher = not isinstance(kd, NoKD)
 
     def step(batch: Batch):
         args = (batch.voxels, batch.num_points, batch.coords, batch.batch_size)
-        with torch.no_grad():
-            t_out = pair.teacher(*args)
+        t_out = None
+        if uses_teacher:
+            with torch.no_grad():
+                t_out = pair.teacher(*args)
         s_out = pair.student(*args)
         det = centerpoint_loss(s_out, batch.targets, head_cfg)
         terms = kd(s_out, t_out, batch.targets)
@@ -130,7 +136,8 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
     last = train_dir / "last.pth"
     if resume and not last.is_file():
         raise ItkdError(f"--resume: {last}: no interrupted run to continue", hint="drop --resume to start a new run")
-    done = fit(pair.student, _step_fn(pair, kd, kd_lambda(recipe.distill), label_kd), loader, recipe.train,
+    step_fn = distill_step_fn(pair, kd, kd_lambda(recipe.distill), label_kd)
+    done = fit(pair.student, step_fn, loader, recipe.train,
                train_dir, s_recipe.model_dump(mode="json"), "student", aux={"kd": kd},
                resume=last if resume else None, quiet=quiet, device=device)
     student_ckpt = save_checkpoint(out_dir / STUDENT, pair.student, s_recipe, "student",

@@ -253,7 +253,8 @@ class ItkdLossConfig(Strict):
     w_cr: float = Field(1.0, ge=0, description="Weight of the compressed-representation loss (0 disables).")
     w_it: float = Field(1.0, ge=0, description="Weight of the interchange-transfer loss (0 disables).")
     w_head: float = Field(1.0, ge=0, description="Weight of the head relation-aware attention loss (0 disables).")
-    latent_ratio: float = Field(0.25, gt=0, le=1, description="Autoencoder latent width / teacher BEV width.")
+    latent_ratio: float = Field(1 / 12, gt=0, le=1, description=(
+        "Autoencoder latent width / teacher BEV width; 1/12 is the public code's 384 -> 128 -> 64 -> 32."))
     hidden_layers: int = Field(2, ge=0, description="Hidden 1x1 layers between input and latent (widths halve).")
     detach_student_target: bool = Field(False, description="Detach M_s as the target of the T->S crossing.")
     cr_normalize: bool = Field(True, description=(

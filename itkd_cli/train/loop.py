@@ -39,7 +39,7 @@ class FitResult(NamedTuple):
     step: int
 
 
-class _Run(NamedTuple):
+class TrainRun(NamedTuple):
     """Everything the step needs, built once."""
 
     modules: list[nn.Module]
@@ -97,16 +97,17 @@ def seed_loader(loader: Iterable, seed: int, epoch: int) -> None:
             holder.epoch = epoch
 
 
-def _build_run(model: nn.Module, aux: dict[str, nn.Module], cfg: TrainConfig, total: int,
-               device: torch.device) -> _Run:
+def build_run(model: nn.Module, aux: dict[str, nn.Module], cfg: TrainConfig, total: int,
+              device: torch.device) -> TrainRun:
+    """Optimiser, one-cycle schedule and AMP scaler over ``model`` and the trainable ``aux`` modules."""
     modules = [model, *aux.values()]
     optimizer = build_optimizer(modules, cfg)
     amp = bool(cfg.amp and device.type == "cuda")
-    return _Run(modules, trainable_parameters(modules), optimizer, build_scheduler(optimizer, cfg, total),
-                torch.amp.GradScaler(device.type, enabled=amp), device, amp)
+    return TrainRun(modules, trainable_parameters(modules), optimizer, build_scheduler(optimizer, cfg, total),
+                    torch.amp.GradScaler(device.type, enabled=amp), device, amp)
 
 
-def _restore(run: _Run, model: nn.Module, aux: dict[str, nn.Module], ckpt_path: Path) -> dict:
+def _restore(run: TrainRun, model: nn.Module, aux: dict[str, nn.Module], ckpt_path: Path) -> dict:
     """Load model/aux/optimizer/scheduler/scaler state; returns the checkpoint."""
     ckpt = load_checkpoint_dict(ckpt_path)
     load_weights(model, ckpt["model_state"], ckpt_path)
@@ -132,8 +133,8 @@ def _restore(run: _Run, model: nn.Module, aux: dict[str, nn.Module], ckpt_path: 
     return ckpt
 
 
-def _train_step(run: _Run, step_fn: StepFn, batch: Any, cfg: TrainConfig, step: int,
-                last: Path) -> tuple[float, dict[str, float]]:
+def train_step(run: TrainRun, step_fn: StepFn, batch: Any, cfg: TrainConfig, step: int,
+               last: Path) -> tuple[float, dict[str, float]]:
     """One optimiser step. Raises JobFailed on a non-finite loss or gradient (weights untouched)."""
     batch = to_device(batch, run.device)
     with torch.autocast(run.device.type, enabled=run.amp):
@@ -205,7 +206,7 @@ def fit(model: nn.Module, step_fn: StepFn, loader: Iterable, cfg: TrainConfig, o
     if spe == 0:
         raise ItkdError(f"train.batch_size: {cfg.batch_size} leaves no batch in the training split")
     total = cfg.epochs * spe
-    run = _build_run(model, aux, cfg, total, device)
+    run = build_run(model, aux, cfg, total, device)
     step, rng, last = 0, None, out_dir / LAST
     if resume is not None:
         ckpt = _restore(run, model, aux, Path(resume))
@@ -235,7 +236,7 @@ def fit(model: nn.Module, step_fn: StepFn, loader: Iterable, cfg: TrainConfig, o
                 batch = guard.fetch(batches)
                 if batch is None:
                     break
-                loss, logs = _train_step(run, step_fn, batch, cfg, step + 1, last)
+                loss, logs = train_step(run, step_fn, batch, cfg, step + 1, last)
                 step, since = step + 1, since + 1
                 _count_step(model, step)
                 lr = run.scheduler.get_last_lr()[0]

@@ -12,6 +12,7 @@ from itkd_cli.core.types import TaskTargets
 from itkd_cli.distill.autoencoder import ChannelAutoencoder, encoder_widths
 from itkd_cli.distill.losses import (
     combine, cr_loss, gather_at_centres, it_loss, mse_at_centres, pooled_centres)
+from itkd_cli.recipe.schema import ItkdLossConfig
 
 
 def _map(values: list[list[float]]) -> torch.Tensor:
@@ -121,6 +122,9 @@ def test_encoder_widths_derive_from_teacher_width():
     assert encoder_widths(384, 32 / 384, 2) == [384, 128, 64, 32]  # the public Waymo layout
     assert encoder_widths(192, 0.25, 2) == [192, 192, 96, 48]
     assert encoder_widths(96, 0.5, 0) == [96, 48]
+    default = ItkdLossConfig()  # the recipe default reproduces the public proportions at any C_t
+    assert encoder_widths(384, default.latent_ratio, default.hidden_layers) == [384, 128, 64, 32]
+    assert encoder_widths(192, default.latent_ratio, default.hidden_layers) == [192, 64, 32, 16]
     with pytest.raises(ItkdError):
         encoder_widths(0, 0.25, 2)
 

@@ -37,6 +37,40 @@ def test_teacher_metrics_cache_is_keyed_by_teacher_bytes_and_dataset(tmp_path, m
     assert len(calls) == 4
 
 
+@pytest.mark.parametrize("method", ["none", "hinton"])
+def test_student_alone_step_never_runs_the_teacher(monkeypatch, method):
+    """The student-alone step is the reference KD step times are compared with: no teacher forward."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from itkd_cli.core.types import DetectorOutput
+    from itkd_cli.distill.baselines import HintonKD, NoKD
+    from itkd_cli.train.loss import DetLoss
+
+    calls = []
+    hm = torch.zeros(1, 1, 2, 2, requires_grad=True)
+    out = DetectorOutput(bev=torch.zeros(1, 1, 2, 2), tasks=(SimpleNamespace(hm=hm),))
+
+    def teacher(*args):
+        calls.append("teacher")
+        return DetectorOutput(bev=out.bev, tasks=(SimpleNamespace(hm=torch.ones(1, 1, 2, 2)),))
+
+    def fake_det(s_out, targets, head_cfg):
+        return DetLoss(total=s_out.tasks[0].hm.sum() + 2.0, hm=torch.zeros(()), loc=torch.zeros(()))
+
+    monkeypatch.setattr(mod, "centerpoint_loss", fake_det)
+    pair = SimpleNamespace(teacher=teacher, student=lambda *args: out, student_cfg=SimpleNamespace(head=None))
+    kd = NoKD() if method == "none" else HintonKD(2.0)
+    batch = SimpleNamespace(voxels=None, num_points=None, coords=None, batch_size=1, targets=())
+    loss, logs = mod.distill_step_fn(pair, kd, 0.0 if method == "none" else 0.5, None)(batch)
+    assert calls == ([] if method == "none" else ["teacher"])
+    if method == "none":
+        assert loss.item() == 2.0 and logs["det"] == 2.0
+    else:  # the teacher's output reached the KD term
+        assert logs["hm"] > 0 and loss.item() == pytest.approx(0.5 * 2.0 + 0.5 * logs["hm"])
+
+
 def test_init_from_teacher_keeps_leading_channels(one_thread):
     import torch
 

@@ -1,0 +1,105 @@
+"""How hard each itKD term pulls on the student, next to the detection loss (a diagnostic, no training).
+
+Usage:
+    .venv/bin/python benchmarks/probe_kd_grads.py --out runs/cmp30 [--student PATH | --run DIR] [--batches 3]
+        [--set KEY=VALUE ...]
+
+Reads what `bench_compare.py --out DIR` made (DIR/recipe.yaml, DIR/teacher/last.pth, DIR/world), builds
+the student exactly as `itkd compress` does (teacher-initialised; or the weights of --student, e.g. a
+finished run's student.pth) with a freshly initialised distiller (or, with --run DIR, a finished itkd
+run's student and its trained distiller from DIR/train/last.pth), and on the first training batches
+prints, for (1 - lambda) * L_det and lambda * w * each KD term: its value, the norm of its gradient on
+the student's parameters and the cosine of that gradient with the detection gradient. It also prints
+how sharply the head relation-aware attention selects channels (mean of the softmax's largest weight
+per output channel, and which input channel each output channel takes most from).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from itkd_cli.data.loader import build_loader
+from itkd_cli.distill.baselines import build_kd
+from itkd_cli.distill.head_attention import head_features
+from itkd_cli.distill.losses import gather_at_centres
+from itkd_cli.distill.teacher import freeze_teacher
+from itkd_cli.pipeline.compress import compress_recipe
+from itkd_cli.pipeline.teacher_student import build_pair
+from itkd_cli.train.loss import centerpoint_loss
+from itkd_cli.train.state import load_checkpoint_dict
+
+
+def flat_grad(value: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """Gradient of ``value`` on ``params`` as one vector (zeros where a parameter is not reached)."""
+    grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])
+
+
+def attention_sharpness(task_out, ind: torch.Tensor, mask: torch.Tensor) -> tuple[float, list[int]]:
+    """Inter-head attention of one task head: mean max softmax weight, argmax input channel (frame 0)."""
+    x = gather_at_centres(head_features(task_out, task_out.vel is not None).float(), ind, mask)
+    n = mask.sum(1).clamp(min=1).float().sqrt().view(-1, 1, 1)
+    weights = F.softmax(torch.matmul(x.transpose(1, 2), x) / n, dim=1)
+    return float(weights.max(1).values.mean()), weights[0].argmax(0).tolist()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, help="a bench_compare.py output folder")
+    ap.add_argument("--student", type=Path, default=None, help="student weights (default: teacher-initialised)")
+    ap.add_argument("--run", type=Path, default=None, help="a finished itkd run: its student and trained distiller")
+    ap.add_argument("--batches", type=int, default=3)
+    ap.add_argument("--ratio", type=float, default=0.25)
+    ap.add_argument("--set", dest="sets", action="append", default=["student.policy=full"],
+                    help="recipe override (default student.policy=full, as the 2026-11-30 runs)")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    teacher_path = args.out / "teacher" / "last.pth"
+    sets = [f"dataset.root={args.out / 'world'}", "dataset.workers=0", *args.sets]
+    recipe = compress_recipe(teacher_path, str(args.out / "recipe.yaml"), sets, args.ratio, None, "itkd")
+    pair = build_pair(recipe, teacher_path, torch.device("cpu"))
+    teacher, student = freeze_teacher(pair.teacher), pair.student
+    kd = build_kd(recipe.distill, recipe.model, pair.student_cfg)
+    if args.run is not None:
+        args.student = args.run / "student.pth"
+        kd.load_state_dict(load_checkpoint_dict(args.run / "train" / "last.pth")["aux_state"]["kd"])
+    if args.student is not None:
+        student.load_state_dict(load_checkpoint_dict(args.student)["model_state"])
+    cfg, params = recipe.distill.itkd, [p for p in student.parameters() if p.requires_grad]
+    loader = build_loader(recipe, recipe.dataset.train_split, train=True, batch_size=recipe.train.batch_size,
+                          shuffle=True, seed=recipe.train.seed)
+    rows: dict[str, list[tuple[float, float, float]]] = {}
+    for _, batch in zip(range(args.batches), loader):
+        inputs = (batch.voxels, batch.num_points, batch.coords, batch.batch_size)
+        with torch.no_grad():
+            t_out = teacher(*inputs)
+        s_out = student(*inputs)
+        terms = kd(s_out, t_out, batch.targets)
+        det_loss = centerpoint_loss(s_out, batch.targets, pair.student_cfg.head).total
+        weighted = {"(1-lam) L_det": (1 - cfg.lam) * det_loss,
+                    "lam w_cr L_cr": cfg.lam * cfg.w_cr * terms.cr, "lam w_it L_it": cfg.lam * cfg.w_it * terms.it,
+                    "lam w_head L_head": cfg.lam * cfg.w_head * terms.head}
+        grads = {name: flat_grad(value, params) for name, value in weighted.items() if value.requires_grad}
+        det = grads["(1-lam) L_det"]
+        for name, g in grads.items():
+            cos = float(F.cosine_similarity(g, det, dim=0))
+            rows.setdefault(name, []).append((float(weighted[name].detach()), float(g.norm()), cos))
+        sharp, argmax = attention_sharpness(t_out.tasks[0], batch.targets[0].ind, batch.targets[0].mask)
+        print(f"teacher head attention (task 0): mean max weight {sharp:.3f}; input channel per output channel "
+              f"(frame 0) {argmax}")
+    print(f"\nstudent: {args.student or 'teacher-initialised'}; {args.batches} training batches; lambda {cfg.lam}\n")
+    print("| term | value | grad norm (student) | cos with det grad |\n|---|---|---|---|")
+    for name, vals in rows.items():
+        mean = [sum(v[i] for v in vals) / len(vals) for i in range(3)]
+        print(f"| {name} | {mean[0]:.3f} | {mean[1]:.3f} | {mean[2]:+.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
