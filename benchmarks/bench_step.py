@@ -26,11 +26,8 @@ from typing import Optional
 import torch
 
 from itkd_cli.data.loader import build_loader
-from itkd_cli.distill.baselines import build_kd, kd_lambda
-from itkd_cli.distill.teacher import freeze_teacher
-from itkd_cli.pipeline.compress import compress_recipe, distill_step_fn
-from itkd_cli.pipeline.label_kd import LabelKD
-from itkd_cli.pipeline.teacher_student import build_pair
+from itkd_cli.distill.baselines import kd_lambda
+from itkd_cli.pipeline.compress import build_distillation, compress_recipe, distill_step_fn
 from itkd_cli.train.loop import build_run, train_step
 
 METHODS = ("none", "hinton", "fitnet", "sparsekd", "itkd")
@@ -41,10 +38,7 @@ def make_stepper(out: Path, method: str, ratio: float, sets: list[str], total: i
     teacher_path = out / "teacher" / "last.pth"
     recipe = compress_recipe(teacher_path, str(out / "recipe.yaml"), sets, ratio, None, method)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    pair = build_pair(recipe, teacher_path, device)
-    pair = pair._replace(teacher=freeze_teacher(pair.teacher))
-    kd = build_kd(recipe.distill, recipe.model, pair.student_cfg).to(device)
-    label_kd = LabelKD(recipe, pair.student_cfg) if method == "sparsekd" else None
+    pair, kd, label_kd = build_distillation(recipe, teacher_path, device)
     step_fn = distill_step_fn(pair, kd, kd_lambda(recipe.distill), label_kd)
     run = build_run(pair.student, {"kd": kd}, recipe.train, total, device)
     pair.student.train()
@@ -52,7 +46,7 @@ def make_stepper(out: Path, method: str, ratio: float, sets: list[str], total: i
 
     def one(batch, step: int) -> float:
         t0 = time.perf_counter()
-        train_step(run, step_fn, batch, recipe.train, step, out / "no-checkpoint")
+        train_step(run, step_fn, batch, recipe.train, step, out / "no-checkpoint")  # path only named in errors
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t0

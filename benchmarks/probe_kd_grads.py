@@ -25,12 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from itkd_cli.data.loader import build_loader
-from itkd_cli.distill.baselines import build_kd
-from itkd_cli.distill.head_attention import head_features
+from itkd_cli.distill.head_attention import head_features, relation_weights
 from itkd_cli.distill.losses import gather_at_centres
-from itkd_cli.distill.teacher import freeze_teacher
-from itkd_cli.pipeline.compress import compress_recipe
-from itkd_cli.pipeline.teacher_student import build_pair
+from itkd_cli.pipeline.compress import build_distillation, compress_recipe
 from itkd_cli.train.loss import centerpoint_loss
 from itkd_cli.train.state import load_checkpoint_dict
 
@@ -44,8 +41,7 @@ def flat_grad(value: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Te
 def attention_sharpness(task_out, ind: torch.Tensor, mask: torch.Tensor) -> tuple[float, list[int]]:
     """Inter-head attention of one task head: mean max softmax weight, argmax input channel (frame 0)."""
     x = gather_at_centres(head_features(task_out, task_out.vel is not None).float(), ind, mask)
-    n = mask.sum(1).clamp(min=1).float().sqrt().view(-1, 1, 1)
-    weights = F.softmax(torch.matmul(x.transpose(1, 2), x) / n, dim=1)
+    weights = relation_weights(x, mask.sum(1))
     return float(weights.max(1).values.mean()), weights[0].argmax(0).tolist()
 
 
@@ -63,9 +59,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     teacher_path = args.out / "teacher" / "last.pth"
     sets = [f"dataset.root={args.out / 'world'}", "dataset.workers=0", *args.sets]
     recipe = compress_recipe(teacher_path, str(args.out / "recipe.yaml"), sets, args.ratio, None, "itkd")
-    pair = build_pair(recipe, teacher_path, torch.device("cpu"))
-    teacher, student = freeze_teacher(pair.teacher), pair.student
-    kd = build_kd(recipe.distill, recipe.model, pair.student_cfg)
+    pair, kd, _ = build_distillation(recipe, teacher_path, torch.device("cpu"))
+    teacher, student = pair.teacher, pair.student
     if args.run is not None:
         args.student = args.run / "student.pth"
         kd.load_state_dict(load_checkpoint_dict(args.run / "train" / "last.pth")["aux_state"]["kd"])

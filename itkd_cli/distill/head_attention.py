@@ -66,9 +66,13 @@ def relation_attention(x: Tensor, n_valid: Tensor) -> Tensor:
     Returns:
         (B, N, C); padded rows stay zero.
     """
+    return torch.matmul(x, relation_weights(x, n_valid))
+
+
+def relation_weights(x: Tensor, n_valid: Tensor) -> Tensor:
+    """softmax over input channels of X^T X / sqrt(N): (B, C_in, C_out), columns sum to 1."""
     scale = n_valid.clamp(min=1).to(x.dtype).sqrt().view(-1, 1, 1)
-    scores = torch.matmul(x.transpose(1, 2), x) / scale  # (B, C, C)
-    return torch.matmul(x, F.softmax(scores, dim=1))
+    return F.softmax(torch.matmul(x.transpose(1, 2), x) / scale, dim=1)
 
 
 def inter_intra(x: Tensor, splits: Sequence[int], n_valid: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 import torch
+from torch import nn
 
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.io import write_json
@@ -21,7 +22,7 @@ from itkd_cli.models.checkpoint import save_checkpoint
 from itkd_cli.pipeline.label_kd import LabelKD
 from itkd_cli.pipeline.profile import first_val_frame, profile_on_frame
 from itkd_cli.pipeline.report import plot_curves, write_report
-from itkd_cli.pipeline.teacher_student import build_pair, resolve_recipe, student_recipe
+from itkd_cli.pipeline.teacher_student import Pair, build_pair, resolve_recipe, student_recipe
 from itkd_cli.recipe.load import apply_overrides, validate
 from itkd_cli.recipe.schema import Recipe
 from itkd_cli.train.loop import fit
@@ -50,6 +51,16 @@ def compress_recipe(teacher: Path, recipe: Optional[str], overrides: Iterable[st
     flags += [f"student.policy={policy}"] if policy else []
     flags += [f"distill.method={method}"] if method else []
     return validate(apply_overrides(base.model_dump(mode="json"), flags, "flags"), "command-line flags")
+
+
+def build_distillation(recipe: Recipe, teacher: Path,
+                       device: torch.device) -> tuple[Pair, nn.Module, Optional[LabelKD]]:
+    """What a compress run trains: (frozen teacher + student, KD module, sparsekd's label KD or None)."""
+    pair = build_pair(recipe, teacher, device)
+    pair = pair._replace(teacher=freeze_teacher(pair.teacher))
+    kd = build_kd(recipe.distill, recipe.model, pair.student_cfg).to(device)
+    label_kd = LabelKD(recipe, pair.student_cfg) if recipe.distill.method == "sparsekd" else None
+    return pair, kd, label_kd
 
 
 def distill_step_fn(pair, kd, lam: float, label_kd: Optional[LabelKD]) -> Callable[[Batch], tuple]:
@@ -121,14 +132,10 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
     """
     out_dir = Path(out_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    pair = build_pair(recipe, teacher, device)
+    pair, kd, label_kd = build_distillation(recipe, teacher, device)
     log(f"teacher {teacher} ({pair.load_report.format}, spconv layout {pair.load_report.layout or 'n/a'}) "
         f"-> {recipe.distill.method} student, ratio {recipe.student.ratio}, policy {recipe.student.policy}, "
         f"{'initialised from the teacher' if recipe.student.init_from_teacher else 'random init'}")
-    teacher_net = pair.teacher
-    pair = pair._replace(teacher=freeze_teacher(teacher_net))
-    kd = build_kd(recipe.distill, recipe.model, pair.student_cfg).to(device)
-    label_kd = LabelKD(recipe, pair.student_cfg) if recipe.distill.method == "sparsekd" else None
     loader = build_loader(recipe, recipe.dataset.train_split, train=True, batch_size=recipe.train.batch_size,
                           shuffle=True, seed=recipe.train.seed)
     s_recipe = student_recipe(recipe, pair.student_cfg)
@@ -153,7 +160,7 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
         "method": recipe.distill.method, "ratio": recipe.student.ratio, "policy": recipe.student.policy,
         "teacher_checkpoint": str(teacher), "student_checkpoint": str(student_ckpt),
         "split": recipe.dataset.val_split, "frames": s_metrics.get("frames"),
-        "teacher": {**profile_on_frame(teacher_net, frame), **t_metrics},
+        "teacher": {**profile_on_frame(pair.teacher.model, frame), **t_metrics},
         "student": {**profile_on_frame(pair.student, frame), **s_metrics},
         "curves": str(curves) if curves else None,
         "recipe": recipe.model_dump(mode="json"),
