@@ -7,8 +7,10 @@ nothing is hard-coded.
 
 from __future__ import annotations
 
+from typing import Optional
+
+import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from itkd_cli.core.errors import ItkdError
 
@@ -70,14 +72,31 @@ class ChannelAutoencoder(nn.Module):
     def latent_channels(self) -> int:
         return self.widths[-1]
 
-    def encode(self, x: Tensor) -> Tensor:
-        """E: (B, C_t, H, W) -> (B, latent, H, W)."""
-        return self.encoder(x)
+    def encode(self, x: Tensor, adapter: Optional[nn.Conv2d] = None, fixed: bool = False) -> Tensor:
+        """E(x), or E(A(x)) when the adapter A is given: (B, C_t or C_s, H, W) -> (B, latent, H, W).
 
-    def encode_fixed(self, x: Tensor) -> Tensor:
-        """E(x) with E's parameters detached: gradients reach ``x`` but never the encoder."""
-        params = {name: p.detach() for name, p in self.encoder.named_parameters()}
-        return functional_call(self.encoder, params, (x,))
+        A and E's first layer are both 1x1 convs with nothing between them, so E(A(x)) runs them as ONE
+        1x1 conv of weight W_1 A and bias W_1 a + b_1: the same function and the same gradients for A
+        and E (autograd goes through the small weight product), without the C_t-wide map A(x) at
+        every pixel (C_s x h_1 MACs a pixel instead of C_s x C_t + C_t x h_1).
+
+        Args:
+            x: Teacher map (adapter None) or student map (with the adapter).
+            adapter: The student adapter A (C_s -> C_t), or None.
+            fixed: Detach E's parameters: gradients reach ``x`` (and A) but never the encoder.
+        """
+        y = x
+        for i, layer in enumerate(self.encoder):
+            if not isinstance(layer, nn.Conv2d):
+                y = layer(y)
+                continue
+            weight, bias = (layer.weight.detach(), layer.bias.detach()) if fixed else (layer.weight, layer.bias)
+            if i == 0 and adapter is not None:
+                w1 = weight.flatten(1)  # (h_1, C_t)
+                bias = bias if adapter.bias is None else w1 @ adapter.bias + bias
+                weight = (w1 @ adapter.weight.flatten(1))[:, :, None, None]  # (h_1, C_s, 1, 1)
+            y = F.conv2d(y, weight, bias)
+        return y
 
     def decode(self, z: Tensor) -> Tensor:
         """D: (B, latent, H, W) -> (B, C_s, H, W)."""

@@ -64,19 +64,19 @@ class ItkdDistiller(nn.Module):
         zero = m_s.new_zeros(())
         cr = it = head = zero
         if cfg.w_cr > 0 or cfg.w_it > 0:
-            a_s = self.adapter(m_s)
-            z_t = self.autoencoder.encode(m_t)
+            ae, adapter = self.autoencoder, self.adapter
+            z_t = ae.encode(m_t)
             # E(A(M_s)) with E trainable, only where a term trains the encoder through it
-            z_s = self.autoencoder.encode(a_s) if cfg.w_it > 0 or cfg.cr_trains_encoder else None
+            z_s = ae.encode(m_s, adapter) if cfg.w_it > 0 or cfg.cr_trains_encoder else None
             if cfg.w_cr > 0:
                 if cfg.cr_trains_encoder:
                     cr = cr_loss(z_s, z_t, normalize=cfg.cr_normalize)
                 else:  # E learns from L_it only; L_cr pulls the student's code onto the teacher's
-                    cr = cr_loss(self.autoencoder.encode_fixed(a_s), z_t.detach(), normalize=cfg.cr_normalize)
+                    cr = cr_loss(ae.encode(m_s, adapter, fixed=True), z_t.detach(), normalize=cfg.cr_normalize)
             if cfg.w_it > 0:
                 ind, mask = pooled_centres(targets)
-                s2t = self.adapter(self.autoencoder.decode(z_s))
-                t2s = self.autoencoder.decode(z_t)
+                s2t = adapter(ae.decode(z_s))
+                t2s = ae.decode(z_t)
                 it = it_loss(s2t, m_t, t2s, m_s, ind, mask, cfg.detach_student_target)
         if cfg.w_head > 0:
             head = self.head_loss(student, teacher, targets)

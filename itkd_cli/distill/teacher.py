@@ -3,7 +3,10 @@
 Defect 3 of the public code left the teacher head trainable and decayed by weight decay. Here the
 teacher is wrapped in ``FrozenTeacher``: every parameter has requires_grad False, its ``train()``
 keeps the wrapped model in eval mode (a parent's ``.train()`` cannot re-enable BN statistic
-updates), and its forward runs under ``torch.no_grad``.
+updates), and its forward runs under ``torch.no_grad``. The forward runs an inference copy with the
+BatchNorm layers folded into their convs (``models.fold_bn``): same outputs up to float rounding, one
+pass over every feature map less on each distillation step. The wrapped ``model`` itself stays as
+loaded (it is what the report profiles and what a caller inspects).
 """
 
 from __future__ import annotations
@@ -14,20 +17,24 @@ import torch
 from torch import nn
 
 from itkd_cli.core.errors import ItkdError
+from itkd_cli.models.fold_bn import fold_batchnorm
 
 
 class FrozenTeacher(nn.Module):
     """Wrapper that keeps a teacher network frozen whatever its parents do.
 
     Args:
-        model: The teacher network (e.g. CenterPoint); frozen in place.
+        model: The teacher network (e.g. CenterPoint); frozen in place. It must not change after
+            wrapping: the forward runs a BN-folded copy taken here.
+        fold_bn: Run the BN-folded copy (default) or ``model`` itself.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, fold_bn: bool = True) -> None:
         super().__init__()
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model.eval()
+        self.inference_model, self.folded_bn = fold_batchnorm(model) if fold_bn else (None, 0)
 
     def train(self, mode: bool = True) -> "FrozenTeacher":
         """Keep the teacher in eval mode (BN uses and keeps its running statistics)."""
@@ -36,9 +43,10 @@ class FrozenTeacher(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the teacher without building a graph; returns what the wrapped model returns."""
-        self.model.eval()
+        net = self.model if self.inference_model is None else self.inference_model
+        net.eval()
         with torch.no_grad():
-            return self.model(*args, **kwargs)
+            return net(*args, **kwargs)
 
 
 def freeze_teacher(model: nn.Module) -> FrozenTeacher:

@@ -37,6 +37,8 @@ class MeanVFE(nn.Module):
 class PFNLayer(nn.Module):
     """Linear (no bias) + BatchNorm1d + ReLU; non-last layers concat the pillar max to every point."""
 
+    BN_FOLD_PAIRS = (("linear", "norm"),)  # for models.fold_bn: the norm is a per-channel affine of the linear
+
     def __init__(self, in_channels: int, out_channels: int, last_layer: bool) -> None:
         super().__init__()
         self.last_layer = last_layer

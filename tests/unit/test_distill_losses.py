@@ -9,7 +9,7 @@ import torch
 
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.types import TaskTargets
-from itkd_cli.distill.autoencoder import ChannelAutoencoder, encoder_widths
+from itkd_cli.distill.autoencoder import ChannelAutoencoder, build_adapter, encoder_widths
 from itkd_cli.distill.losses import (
     combine, cr_loss, gather_at_centres, it_loss, mse_at_centres, pooled_centres)
 from itkd_cli.recipe.schema import ItkdLossConfig
@@ -141,3 +141,28 @@ def test_autoencoder_layers_relu_between_none_on_latent_or_output():
     z = ae.encode(x)
     assert z.shape == (1, 10, 3, 3) and ae.decode(z).shape == (1, 12, 3, 3)
     assert not math.isnan(z.sum().item())
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_encode_through_adapter_equals_encoder_of_adapted_map(fixed):
+    """E(A(x)) runs A and E's first conv as one conv: same values and same gradients as the plain chain."""
+    torch.manual_seed(0)
+    ae, adapter = ChannelAutoencoder(c_t=24, c_s=6, latent_ratio=0.25, hidden_layers=1), build_adapter(6, 24)
+    x = torch.randn(2, 6, 4, 5, requires_grad=True)
+    w = torch.randn(2, 6, 4, 5)  # a generic downstream loss, so every gradient entry is exercised
+
+    def grads(z):
+        params = [x, *adapter.parameters(), *ae.encoder.parameters()]
+        return torch.autograd.grad((z * w[:, : z.shape[1]]).sum(), params, allow_unused=True)
+
+    want_z = ae.encoder(adapter(x))
+    got_z = ae.encode(x, adapter, fixed=fixed)
+    torch.testing.assert_close(got_z, want_z, rtol=1e-5, atol=1e-5)
+    want, got = grads(want_z), grads(got_z)
+    n_enc = len(list(ae.encoder.parameters()))
+    for k, (g, ref) in enumerate(zip(got, want)):
+        if fixed and k >= len(want) - n_enc:
+            assert g is None  # the encoder learns nothing through a fixed encode
+        else:
+            torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ae.encode(w.repeat(1, 4, 1, 1)), ae.encoder(w.repeat(1, 4, 1, 1)))
