@@ -117,9 +117,16 @@ def test_ctrl_c_checkpoints_last_step_then_resume_matches(tmp_path):
             os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step: the step still completes
         return (model(batch[0]) - batch[1]).pow(2).mean(), {}
 
-    with pytest.raises(KeyboardInterrupt):
-        fit(model, step_fn, _loader(), _cfg(), tmp_path / "b", {}, "teacher", quiet=True)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    def callers_handler(signum, frame):  # whatever SIGINT handler the caller had must come back
+        raise AssertionError("the loop's own handler should have taken this SIGINT")
+
+    before = signal.signal(signal.SIGINT, callers_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit(model, step_fn, _loader(), _cfg(), tmp_path / "b", {}, "teacher", quiet=True)
+        assert signal.getsignal(signal.SIGINT) is callers_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert torch.load(tmp_path / "b" / "last.pth", weights_only=True)["step"] == 3
     resumed, _ = _run(tmp_path / "b", _cfg(), resume=tmp_path / "b" / "last.pth")
     assert _same(straight, resumed)
