@@ -44,12 +44,11 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
 
 def _fold_sequential(seq: nn.Sequential) -> int:
     """Fold every (conv, BatchNorm2d) neighbour pair of ``seq`` in place; returns how many."""
-    names = list(seq._modules)
     count = 0
-    for first, second in zip(names, names[1:]):
-        conv, bn = seq._modules[first], seq._modules[second]
+    for i in range(len(seq) - 1):
+        conv, bn = seq[i], seq[i + 1]
         if isinstance(conv, _CONVS) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
-            seq._modules[first] = fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose2d))
-            seq._modules[second] = nn.Identity()
+            seq[i] = fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, nn.ConvTranspose2d))
+            seq[i + 1] = nn.Identity()
             count += 1
     return count
