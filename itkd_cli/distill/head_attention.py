@@ -140,8 +140,19 @@ class HeadFusion(nn.Module):
         return torch.matmul(u, self.weight().transpose(0, 1))
 
 
+def teacher_channel_scale(x_t: Tensor, mask: Tensor, floor: float = 1e-2) -> Tensor:
+    """(C,) root mean square of each teacher channel over the valid objects of the whole batch, at
+    least ``floor``; ones when fewer than two objects. RMS, not std: X^T X is uncentred, so a channel
+    with a large mean and a small spread (a log box size) would still dominate after dividing by std."""
+    rows = x_t[mask]
+    if rows.shape[0] < 2:
+        return x_t.new_ones(x_t.shape[-1])
+    return rows.pow(2).mean(dim=0).sqrt().clamp(min=floor)
+
+
 def head_attention_sum(student: TaskHeadOutput, teacher: TaskHeadOutput, ind: Tensor, mask: Tensor,
-                       fusion: HeadFusion, splits: Sequence[int], with_velocity: bool) -> Tensor:
+                       fusion: HeadFusion, splits: Sequence[int], with_velocity: bool,
+                       standardize: bool = False) -> Tensor:
     """Summed L1 between fused student and teacher rows of ONE task head, valid objects only.
 
     Args:
@@ -152,6 +163,9 @@ def head_attention_sum(student: TaskHeadOutput, teacher: TaskHeadOutput, ind: Te
         fusion: This task's shared fusion module.
         splits: Channel blocks (see ``head_splits``).
         with_velocity: Whether the head has a velocity branch.
+        standardize: Divide both sides' channels by ``teacher_channel_scale`` before the attention (not
+            in the method: without it the largest channels, box size and velocity, dominate X^T X and
+            the sharp softmax turns most output channels into copies of them).
 
     Returns:
         Scalar: sum over valid objects and channels of |fused_s - fused_t| (divide by the number of
@@ -162,6 +176,9 @@ def head_attention_sum(student: TaskHeadOutput, teacher: TaskHeadOutput, ind: Te
     with torch.autocast(device_type=ind.device.type, enabled=False):
         x_s = gather_at_centres(head_features(student, with_velocity).float(), ind, mask)
         x_t = gather_at_centres(head_features(teacher, with_velocity).detach().float(), ind, mask)
+        if standardize:
+            scale = teacher_channel_scale(x_t, mask)
+            x_s, x_t = x_s / scale, x_t / scale
         f_s = fusion(inter_intra(x_s, splits, n_valid))
         f_t = fusion(inter_intra(x_t, splits, n_valid))
         return ((f_s - f_t).abs() * mask.unsqueeze(-1).to(f_s.dtype)).sum()

@@ -265,6 +265,10 @@ class ItkdLossConfig(Strict):
         "the encoder kills its hidden ReLUs until both codes are the same constant and L_cr is exactly 0; "
         "off, the encoder learns from L_it (so with w_it = 0 it keeps its initialisation) and L_cr trains the "
         "student and adapter."))
+    head_standardize: bool = Field(False, description=(
+        "Head attention loss on standardised channels: both sides' head outputs at the object centres divided "
+        "by the teacher's root mean square of each channel over the batch's objects, so box size and velocity do not "
+        "dominate X^T X (a departure from the method; false: the paper's raw channels)."))
     head_fusion_guard: Literal["normalize", "frozen", "none"] = Field(
         "normalize", description="How the shared head-attention fusion conv is kept from collapsing to zero.")
 

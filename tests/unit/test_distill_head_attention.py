@@ -170,3 +170,54 @@ def test_frozen_guard_never_changes():
 def test_unknown_guard_is_a_user_error():
     with pytest.raises(ItkdError):
         HeadFusion(4, "shrink")
+
+
+def _np_fused_rows(x: np.ndarray, splits: tuple[int, ...]) -> np.ndarray:
+    """Rows (N, C) of one frame -> fused rows (N, C) with the [I | I] / 2 fusion."""
+    blocks, start = [], 0
+    for s in splits:
+        blocks.append(_np_attention(x[:, start:start + s]))
+        start += s
+    return 0.5 * _np_attention(x) + 0.5 * np.concatenate(blocks, axis=1)
+
+
+def test_standardised_head_loss_matches_numpy():
+    """head_standardize: both sides divided by the teacher's per-channel RMS over the batch's valid objects."""
+    torch.manual_seed(3)
+    s, t = _head(2, 2, 4, 4, vel=True), _head(2, 2, 4, 4, vel=True, scale=3.0)
+    ind = torch.tensor([[1, 5, 9], [7, 2, 0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    splits = head_splits(2, True)
+    got = head_attention_sum(s, t, ind, mask, HeadFusion(sum(splits), "frozen"), splits, True, standardize=True)
+
+    def rows(o: TaskHeadOutput, b: int, cells: list[int]) -> np.ndarray:
+        feats = head_features(o, True)[b].reshape(sum(splits), -1).double().numpy()
+        return feats[:, cells].T
+
+    cells = [[1, 5, 9], [7, 2]]
+    x_s = [rows(s, b, c) for b, c in enumerate(cells)]
+    x_t = [rows(t, b, c) for b, c in enumerate(cells)]
+    rms = np.sqrt((np.concatenate(x_t) ** 2).mean(axis=0))  # over the 5 valid objects of the batch
+    want = sum(np.abs(_np_fused_rows(a / rms, splits) - _np_fused_rows(b / rms, splits)).sum()
+               for a, b in zip(x_s, x_t))
+    assert got.item() == pytest.approx(want, rel=1e-4)
+    raw = head_attention_sum(s, t, ind, mask, HeadFusion(sum(splits), "frozen"), splits, True)
+    assert abs(raw.item() - got.item()) > 1e-3  # the option changes the loss
+
+
+def test_standardised_head_loss_ignores_channel_units():
+    """Box sizes in other units (both sides x10) leave the standardised loss unchanged, not the raw one."""
+    torch.manual_seed(4)
+    s, t = _head(1, 3, 4, 4, vel=False), _head(1, 3, 4, 4, vel=False)
+    ind, mask = torch.tensor([[0, 3, 6, 10]]), torch.ones(1, 4, dtype=torch.bool)
+    splits, fusion = head_splits(3, False), HeadFusion(sum(head_splits(3, False)), "normalize")
+    big = lambda o: o._replace(dim=o.dim * 10.0)  # noqa: E731
+
+    def loss(a, b, standardize):
+        return head_attention_sum(a, b, ind, mask, fusion, splits, False, standardize=standardize).item()
+
+    assert loss(big(s), big(t), True) == pytest.approx(loss(s, t, True), rel=1e-4)
+    assert loss(big(s), big(t), False) > 2 * loss(s, t, False)
+    one = torch.tensor([[True, False, False, False]])  # fewer than two objects: no scale, the raw loss
+    assert head_attention_sum(s, t, ind, one, fusion, splits, False, standardize=True).item() == pytest.approx(
+        head_attention_sum(s, t, ind, one, fusion, splits, False).item())

@@ -208,3 +208,20 @@ def test_centres_outside_the_map_are_user_errors():
         kd(fake_output(s_cfg, 1, 8, 8), fake_output(t_cfg, 1, 8, 8), tuple(targets))
     targets[0] = targets[0]._replace(mask=torch.zeros_like(targets[0].mask))  # padded: anything goes
     kd(fake_output(s_cfg, 1, 8, 8), fake_output(t_cfg, 1, 8, 8), tuple(targets))
+
+
+def test_head_standardize_reaches_every_task_head():
+    """distill.itkd.head_standardize: each task head's term equals head_attention_sum(standardize=True)."""
+    from itkd_cli.distill.head_attention import head_attention_sum
+
+    recipe = load_recipe("synth-pillar", [SIX_TASKS])
+    t_cfg, s_cfg = recipe.model, student_of(recipe.model, 0.25)
+    torch.manual_seed(5)
+    s_out, t_out, targets = fake_output(s_cfg, 2, 8, 8), fake_output(t_cfg, 2, 8, 8), fake_targets(t_cfg, 2, 8, 8)
+    kd = build_distiller(ItkdLossConfig(w_cr=0.0, w_it=0.0, head_standardize=True), t_cfg, s_cfg)
+    want = sum(head_attention_sum(s, t, tg.ind, tg.mask, kd.head_fusion[k], kd.task_splits[k], True, standardize=True)
+               for k, (s, t, tg) in enumerate(zip(s_out.tasks, t_out.tasks, targets)))
+    got = kd(s_out, t_out, targets).head
+    assert got.item() == pytest.approx(want.item() / sum(int(tg.mask.sum()) for tg in targets), rel=1e-5)
+    raw = build_distiller(ItkdLossConfig(w_cr=0.0, w_it=0.0), t_cfg, s_cfg)(s_out, t_out, targets).head
+    assert abs(raw.item() - got.item()) > 1e-3
