@@ -143,11 +143,12 @@ class HeadFusion(nn.Module):
 def teacher_channel_scale(x_t: Tensor, mask: Tensor, floor: float = 1e-2) -> Tensor:
     """(C,) root mean square of each teacher channel over the valid objects of the whole batch, at
     least ``floor``; ones when fewer than two objects. RMS, not std: X^T X is uncentred, so a channel
-    with a large mean and a small spread (a log box size) would still dominate after dividing by std."""
-    rows = x_t[mask]
-    if rows.shape[0] < 2:
-        return x_t.new_ones(x_t.shape[-1])
-    return rows.pow(2).mean(dim=0).sqrt().clamp(min=floor)
+    with a large mean and a small spread (a log box size) would still dominate after dividing by std.
+    Padded rows of ``x_t`` are zero (``gather_at_centres``), so plain sums count valid objects only and
+    nothing waits on the device."""
+    n = mask.sum()
+    rms = (x_t.pow(2).sum(dim=(0, 1)) / n.clamp(min=1)).sqrt().clamp(min=floor)
+    return torch.where(n >= 2, rms, torch.ones_like(rms))
 
 
 def head_attention_sum(student: TaskHeadOutput, teacher: TaskHeadOutput, ind: Tensor, mask: Tensor,

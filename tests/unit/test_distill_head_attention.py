@@ -31,14 +31,7 @@ def _np_attention(x: np.ndarray) -> np.ndarray:
 
 def _np_fused(vec: np.ndarray, splits: tuple[int, ...]) -> np.ndarray:
     """One object's concatenated head vector (C,) -> fused (C,) with the [I | I] / 2 fusion."""
-    x = vec[None, :]
-    inter = _np_attention(x)
-    blocks, start = [], 0
-    for s in splits:
-        blocks.append(_np_attention(x[:, start:start + s]))
-        start += s
-    intra = np.concatenate(blocks, axis=1)
-    return (0.5 * inter + 0.5 * intra)[0]
+    return _np_fused_rows(vec[None, :], splits)[0]
 
 
 def test_head_splits_follow_head_config():
