@@ -10,7 +10,9 @@ finished run's student.pth) with a freshly initialised distiller (or, with --run
 run's student and its trained distiller from DIR/train/last.pth), and on the first training batches
 prints, for (1 - lambda) * L_det and lambda * w * each KD term: its value, the norm of its gradient on
 the student's parameters and the cosine of that gradient with the detection gradient. It also prints
-how sharply the head relation-aware attention selects channels (mean of the softmax's largest weight
+the same gradient norm per top-level student module (``--by-module``: under AdamW a term that is small
+overall can still set the direction of the modules where the detection gradient is smaller), and how
+sharply the head relation-aware attention selects channels (mean of the softmax's largest weight
 per output channel, and which input channel each output channel takes most from).
 """
 
@@ -38,6 +40,18 @@ def flat_grad(value: torch.Tensor, params: list[torch.nn.Parameter]) -> torch.Te
     return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)])
 
 
+def module_slices(named: list[tuple[str, torch.nn.Parameter]]) -> dict[str, tuple[int, int]]:
+    """Where each top-level module's parameters lie in ``flat_grad``'s vector (parameters in module order)."""
+    slices: dict[str, tuple[int, int]] = {}
+    start = 0
+    for name, p in named:
+        module = name.split(".")[0]
+        lo, _ = slices.get(module, (start, start))
+        start += p.numel()
+        slices[module] = (lo, start)
+    return slices
+
+
 def attention_sharpness(task_out, ind: torch.Tensor, mask: torch.Tensor) -> tuple[float, list[int]]:
     """Inter-head attention of one task head: mean max softmax weight, argmax input channel (frame 0)."""
     x = gather_at_centres(head_features(task_out, task_out.vel is not None).float(), ind, mask)
@@ -52,6 +66,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--run", type=Path, default=None, help="a finished itkd run: its student and trained distiller")
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--ratio", type=float, default=0.25)
+    ap.add_argument("--by-module", action="store_true", help="also print each term's gradient norm per module")
     ap.add_argument("--set", dest="sets", action="append", default=["student.policy=full"],
                     help="recipe override (default student.policy=full, as the 2026-11-30 runs)")
     args = ap.parse_args(argv)
@@ -66,7 +81,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         kd.load_state_dict(load_checkpoint_dict(args.run / "train" / "last.pth")["aux_state"]["kd"])
     if args.student is not None:
         student.load_state_dict(load_checkpoint_dict(args.student)["model_state"])
-    cfg, params = recipe.distill.itkd, [p for p in student.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+    cfg, params = recipe.distill.itkd, [p for _, p in named]
+    modules = module_slices(named)
+    by_module: dict[str, dict[str, list[float]]] = {}
     loader = build_loader(recipe, recipe.dataset.train_split, train=True, batch_size=recipe.train.batch_size,
                           shuffle=True, seed=recipe.train.seed)
     rows: dict[str, list[tuple[float, float, float]]] = {}
@@ -85,6 +103,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         for name, g in grads.items():
             cos = float(F.cosine_similarity(g, det, dim=0))
             rows.setdefault(name, []).append((float(weighted[name].detach()), float(g.norm()), cos))
+            for module, (lo, hi) in modules.items():
+                by_module.setdefault(name, {}).setdefault(module, []).append(float(g[lo:hi].norm()))
         sharp, argmax = attention_sharpness(t_out.tasks[0], batch.targets[0].ind, batch.targets[0].mask)
         print(f"teacher head attention (task 0): mean max weight {sharp:.3f}; input channel per output channel "
               f"(frame 0) {argmax}")
@@ -93,6 +113,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     for name, vals in rows.items():
         mean = [sum(v[i] for v in vals) / len(vals) for i in range(3)]
         print(f"| {name} | {mean[0]:.3f} | {mean[1]:.3f} | {mean[2]:+.3f} |")
+    if args.by_module:
+        print("\ngradient norm per module (mean over batches)\n")
+        print("| term | " + " | ".join(modules) + " |\n|---|" + "---|" * len(modules))
+        for name, per in by_module.items():
+            print(f"| {name} | " + " | ".join(f"{sum(v) / len(v):.3f}" for v in per.values()) + " |")
     return 0
 
 

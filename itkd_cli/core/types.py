@@ -35,12 +35,15 @@ class DetectorOutput(NamedTuple):
     """What a CenterPoint forward returns.
 
     bev: the neck output M (B, C, H, W), after upsample+concat, before the head's shared conv:
-        the tap point of feature distillation.
+        the tap point of feature distillation (the method's).
     tasks: one TaskHeadOutput per task head, in recipe order.
+    shared: the head's shared-conv output (B, shared_conv_channels, H, W), the input of every task
+        head: the other tap ``distill.itkd.tap`` offers; None where a caller did not keep it.
     """
 
     bev: Tensor
     tasks: tuple[TaskHeadOutput, ...]
+    shared: Optional[Tensor] = None
 
 
 class TaskTargets(NamedTuple):

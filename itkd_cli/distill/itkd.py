@@ -1,7 +1,8 @@
 """ItkdDistiller: the learned KD modules of itKD and the one-call KD loss for a whole model.
 
 Holds the shared channel autoencoder (E, D), the student adapter A and one head-attention fusion
-per task head. ``forward`` returns KDTerms computed ONCE for the model (defect 6 of the public code
+per task head. The autoencoder terms read the map ``cfg.tap`` names (``feature_map``): the neck output
+M (the method) or the head's shared-conv output. ``forward`` returns KDTerms computed ONCE for the model (defect 6 of the public code
 counted the KD loss once per task head):
   - L_cr and L_it use the BEV maps, which are shared by all task heads; MSE_gt pools the objects of
     all task heads (each object listed once) and averages over valid ones;
@@ -30,8 +31,8 @@ class ItkdDistiller(nn.Module):
 
     Args:
         cfg: ``distill.itkd`` recipe section (weights, autoencoder shape, fusion guard).
-        c_t: Teacher BEV width (``teacher_cfg.bev_out_channels``).
-        c_s: Student BEV width.
+        c_t: Teacher width of the tapped map (``tap_width``).
+        c_s: Student width of the tapped map.
         task_splits: Channel blocks of every task head (see ``head_splits``).
         with_velocity: Whether heads have a velocity branch.
     """
@@ -52,15 +53,16 @@ class ItkdDistiller(nn.Module):
         """Weighted itKD terms for one batch.
 
         Args:
-            student: Student outputs; bev (B, C_s, H, W), one TaskHeadOutput per task.
-            teacher: Teacher outputs; bev (B, C_t, H, W); detached here whatever the caller did.
+            student: Student outputs; the tapped map (B, C_s, H, W), one TaskHeadOutput per task.
+            teacher: Teacher outputs; the tapped map (B, C_t, H, W); detached here whatever the caller did.
             targets: One TaskTargets per task (ind, mask (B, M)).
 
         Returns:
             KDTerms(cr, it, head, hm=0, feat=0, total = w_cr*cr + w_it*it + w_head*head).
         """
         self._check(student, teacher, targets)
-        cfg, m_s, m_t = self.cfg, student.bev, teacher.bev.detach()
+        cfg = self.cfg
+        m_s, m_t = feature_map(student, cfg.tap), feature_map(teacher, cfg.tap).detach()
         zero = m_s.new_zeros(())
         cr = it = head = zero
         if cfg.w_cr > 0 or cfg.w_it > 0:
@@ -98,14 +100,29 @@ class ItkdDistiller(nn.Module):
         if not (len(student.tasks) == len(teacher.tasks) == len(targets) == n):
             raise ItkdError(f"model.head.tasks: distiller built for {n} task heads, got student "
                             f"{len(student.tasks)}, teacher {len(teacher.tasks)}, targets {len(targets)}")
-        if student.bev.shape[1] != self.c_s or teacher.bev.shape[1] != self.c_t:
-            raise ItkdError(f"model.backbone_2d: distiller built for BEV widths student {self.c_s} / teacher "
-                            f"{self.c_t}, got {student.bev.shape[1]} / {teacher.bev.shape[1]}")
-        check_same_grid(student.bev, teacher.bev, "bev")
-        h, w = student.bev.shape[-2:]
+        m_s, m_t = feature_map(student, self.cfg.tap), feature_map(teacher, self.cfg.tap)
+        if m_s.shape[1] != self.c_s or m_t.shape[1] != self.c_t:
+            raise ItkdError(f"distill.itkd.tap: distiller built for {self.cfg.tap} widths student {self.c_s} / "
+                            f"teacher {self.c_t}, got {m_s.shape[1]} / {m_t.shape[1]}")
+        check_same_grid(m_s, m_t, self.cfg.tap)
+        h, w = m_s.shape[-2:]
         if any(t.hm.shape[-2:] != (h, w) for t in (*student.tasks, *teacher.tasks)):
-            raise ItkdError(f"model.head: head maps do not match the {h}x{w} BEV map they index")
+            raise ItkdError(f"model.head: head maps do not match the {h}x{w} {self.cfg.tap} map they index")
         check_centres(*pooled_centres(targets), h, w)
+
+
+def feature_map(out: DetectorOutput, tap: str) -> Tensor:
+    """The map the autoencoder terms read: the neck output M, or the head's shared-conv output."""
+    if tap == "neck":
+        return out.bev
+    if out.shared is None:
+        raise ItkdError("distill.itkd.tap: 'head_shared' needs the model's shared-conv output (CenterPoint.forward)")
+    return out.shared
+
+
+def tap_width(cfg: ModelConfig, tap: str) -> int:
+    """Channels of the tapped map of a network built from ``cfg``."""
+    return cfg.bev_out_channels if tap == "neck" else cfg.head.shared_conv_channels
 
 
 def check_compatible(teacher_cfg: ModelConfig, student_cfg: ModelConfig) -> None:
@@ -125,8 +142,8 @@ def build_distiller(cfg: ItkdLossConfig, teacher_cfg: ModelConfig, student_cfg: 
 
     Args:
         cfg: ``distill.itkd`` section.
-        teacher_cfg: Teacher ModelConfig (C_t = bev_out_channels).
-        student_cfg: Student ModelConfig (C_s = bev_out_channels).
+        teacher_cfg: Teacher ModelConfig (C_t = width of the tapped map, see ``tap_width``).
+        student_cfg: Student ModelConfig (C_s likewise).
 
     Returns:
         The distiller (train it with the student; never with the teacher).
@@ -134,4 +151,4 @@ def build_distiller(cfg: ItkdLossConfig, teacher_cfg: ModelConfig, student_cfg: 
     check_compatible(teacher_cfg, student_cfg)
     vel = teacher_cfg.head.with_velocity
     splits = [head_splits(len(task), vel) for task in teacher_cfg.head.tasks]
-    return ItkdDistiller(cfg, teacher_cfg.bev_out_channels, student_cfg.bev_out_channels, splits, vel)
+    return ItkdDistiller(cfg, tap_width(teacher_cfg, cfg.tap), tap_width(student_cfg, cfg.tap), splits, vel)

@@ -55,6 +55,7 @@ class CenterPoint(nn.Module):
         return self.dense_head(bev)
 
     def forward(self, voxels: Tensor, num_points: Tensor, coords: Tensor, batch_size: int) -> DetectorOutput:
-        """Full forward: DetectorOutput(bev=M, tasks=head maps)."""
+        """Full forward: DetectorOutput(bev=M, tasks=head maps, shared=the head's shared-conv output)."""
         bev = self.forward_bev(voxels, num_points, coords, batch_size)
-        return DetectorOutput(bev=bev, tasks=self.forward_head(bev))
+        shared = self.dense_head.shared_conv(bev)
+        return DetectorOutput(bev=bev, tasks=self.dense_head.forward_tasks(shared), shared=shared)

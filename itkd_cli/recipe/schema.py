@@ -269,6 +269,10 @@ class ItkdLossConfig(Strict):
         "Head attention loss on standardised channels: both sides' head outputs at the object centres divided "
         "by the teacher's root mean square of each channel over the batch's objects, so box size and velocity do not "
         "dominate X^T X (a departure from the method; false: the paper's raw channels)."))
+    tap: Literal["neck", "head_shared"] = Field("neck", description=(
+        "Map the autoencoder terms (L_cr, L_it) read: 'neck', the neck output M before the head (the method); "
+        "'head_shared', the head's shared-conv output, the input of every task head (a departure; its width is "
+        "model.head.shared_conv_channels of each network, the teacher's under the neck policy)."))
     head_fusion_guard: Literal["normalize", "frozen", "none"] = Field(
         "normalize", description="How the shared head-attention fusion conv is kept from collapsing to zero.")
 

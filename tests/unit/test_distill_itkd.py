@@ -35,7 +35,7 @@ def fake_output(cfg: ModelConfig, b: int, h: int, w: int, grad: bool = False) ->
         return torch.randn(b, c, h, w, requires_grad=grad)
     vel = cfg.head.with_velocity
     tasks = tuple(TaskHeadOutput(r(len(t)), r(2), r(1), r(3), r(2), r(2) if vel else None) for t in cfg.head.tasks)
-    return DetectorOutput(r(cfg.bev_out_channels), tasks)
+    return DetectorOutput(r(cfg.bev_out_channels), tasks, r(cfg.head.shared_conv_channels))
 
 
 def fake_targets(cfg: ModelConfig, b: int, h: int, w: int, m: int = 6, valid: int = 3) -> tuple[TaskTargets, ...]:
@@ -225,3 +225,29 @@ def test_head_standardize_reaches_every_task_head():
     assert got.item() == pytest.approx(want.item() / sum(int(tg.mask.sum()) for tg in targets), rel=1e-5)
     raw = build_distiller(ItkdLossConfig(w_cr=0.0, w_it=0.0), t_cfg, s_cfg)(s_out, t_out, targets).head
     assert abs(raw.item() - got.item()) > 1e-3
+
+
+@pytest.mark.parametrize("shared_ratio", [1.0, 0.25])  # the neck policy keeps the head's width; full narrows it
+def test_head_shared_tap_reads_the_shared_conv_output(shared_ratio):
+    recipe = load_recipe("synth-pillar", [SIX_TASKS])
+    t_cfg = recipe.model
+    s_cfg = student_of(t_cfg, 0.25)
+    c_shared = max(1, int(round(t_cfg.head.shared_conv_channels * shared_ratio)))
+    s_cfg = s_cfg.model_copy(update={"head": s_cfg.head.model_copy(update={"shared_conv_channels": c_shared})})
+    cfg = ItkdLossConfig(tap="head_shared", w_head=0.0)
+    kd = build_distiller(cfg, t_cfg, s_cfg)
+    assert (kd.c_t, kd.c_s) == (t_cfg.head.shared_conv_channels, c_shared) != (t_cfg.bev_out_channels,
+                                                                              s_cfg.bev_out_channels)
+    assert (kd.adapter.in_channels, kd.adapter.out_channels) == (c_shared, t_cfg.head.shared_conv_channels)
+    torch.manual_seed(0)
+    student, teacher = fake_output(s_cfg, 2, 8, 8, grad=True), fake_output(t_cfg, 2, 8, 8)
+    targets = fake_targets(t_cfg, 2, 8, 8)
+    terms = kd(student, teacher, targets)
+    terms.total.backward()
+    assert terms.cr.item() > 0 and terms.it.item() > 0
+    assert student.shared.grad.abs().sum() > 0 and student.bev.grad is None
+    # the same distiller on the neck tap would read other maps: the tap changes the loss
+    neck = build_distiller(ItkdLossConfig(w_head=0.0), t_cfg, s_cfg)
+    assert neck(student, teacher, targets).it.item() != pytest.approx(terms.it.item())
+    with pytest.raises(ItkdError, match="tap"):
+        kd(student._replace(shared=None), teacher, targets)
