@@ -1,9 +1,9 @@
 """ItkdDistiller: the learned KD modules of itKD and the one-call KD loss for a whole model.
 
 Holds the shared channel autoencoder (E, D), the student adapter A and one head-attention fusion
-per task head. The autoencoder terms read the map ``cfg.tap`` names (``feature_map``): the neck output
-M (the method) or the head's shared-conv output. ``forward`` returns KDTerms computed ONCE for the model (defect 6 of the public code
-counted the KD loss once per task head):
+per task head. The autoencoder terms read the map ``cfg.tap`` names (``feature_map``): the neck
+output M (the method) or the head's shared-conv output. ``forward`` returns KDTerms computed ONCE for
+the model (defect 6 of the public code counted the KD loss once per task head):
   - L_cr and L_it use the BEV maps, which are shared by all task heads; MSE_gt pools the objects of
     all task heads (each object listed once) and averages over valid ones;
   - the head loss sums the per-object L1 over all task heads and divides by the total number of
