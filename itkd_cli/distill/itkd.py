@@ -60,9 +60,8 @@ class ItkdDistiller(nn.Module):
         Returns:
             KDTerms(cr, it, head, hm=0, feat=0, total = w_cr*cr + w_it*it + w_head*head).
         """
-        self._check(student, teacher, targets)
-        cfg = self.cfg
-        m_s, m_t = feature_map(student, cfg.tap), feature_map(teacher, cfg.tap).detach()
+        m_s, m_t = self._check(student, teacher, targets)
+        cfg, m_t = self.cfg, m_t.detach()
         zero = m_s.new_zeros(())
         cr = it = head = zero
         if cfg.w_cr > 0 or cfg.w_it > 0:
@@ -95,7 +94,9 @@ class ItkdDistiller(nn.Module):
         n_objects = sum(tg.mask.sum() for tg in targets).clamp(min=1)
         return total / n_objects.to(total.dtype)
 
-    def _check(self, student: DetectorOutput, teacher: DetectorOutput, targets: Sequence[TaskTargets]) -> None:
+    def _check(self, student: DetectorOutput, teacher: DetectorOutput,
+               targets: Sequence[TaskTargets]) -> tuple[Tensor, Tensor]:
+        """Validate shapes against the distiller; returns the tapped maps (student, teacher)."""
         n = len(self.task_splits)
         if not (len(student.tasks) == len(teacher.tasks) == len(targets) == n):
             raise ItkdError(f"model.head.tasks: distiller built for {n} task heads, got student "
@@ -109,6 +110,7 @@ class ItkdDistiller(nn.Module):
         if any(t.hm.shape[-2:] != (h, w) for t in (*student.tasks, *teacher.tasks)):
             raise ItkdError(f"model.head: head maps do not match the {h}x{w} {self.cfg.tap} map they index")
         check_centres(*pooled_centres(targets), h, w)
+        return m_s, m_t
 
 
 def feature_map(out: DetectorOutput, tap: str) -> Tensor:

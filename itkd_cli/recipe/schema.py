@@ -272,7 +272,8 @@ class ItkdLossConfig(Strict):
     tap: Literal["neck", "head_shared"] = Field("neck", description=(
         "Map the autoencoder terms (L_cr, L_it) read: 'neck', the neck output M before the head (the method); "
         "'head_shared', the head's shared-conv output, the input of every task head (a departure; its width is "
-        "model.head.shared_conv_channels of each network, the teacher's under the neck policy)."))
+        "model.head.shared_conv_channels of each network, the teacher's under the neck policy; a narrow shared conv "
+        "needs a larger latent_ratio: 1/12 of 32 channels leaves a 3-channel latent)."))
     head_fusion_guard: Literal["normalize", "frozen", "none"] = Field(
         "normalize", description="How the shared head-attention fusion conv is kept from collapsing to zero.")
 

@@ -251,3 +251,8 @@ def test_head_shared_tap_reads_the_shared_conv_output(shared_ratio):
     assert neck(student, teacher, targets).it.item() != pytest.approx(terms.it.item())
     with pytest.raises(ItkdError, match="tap"):
         kd(student._replace(shared=None), teacher, targets)
+
+
+def test_unknown_tap_is_a_recipe_error_naming_the_field():
+    with pytest.raises(ItkdError, match=r"distill\.itkd\.tap"):
+        load_recipe("synth-pillar", ["distill.itkd.tap=bogus"])
