@@ -20,6 +20,7 @@ import argparse
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -39,7 +40,7 @@ def make_stepper(out: Path, method: str, ratio: float, sets: list[str], total: i
     recipe = compress_recipe(teacher_path, str(out / "recipe.yaml"), sets, ratio, None, method)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pair, kd, label_kd = build_distillation(recipe, teacher_path, device)
-    step_fn = distill_step_fn(pair, kd, kd_lambda(recipe.distill), label_kd)
+    step_fn = distill_step_fn(pair, kd, partial(kd_lambda, recipe.distill), label_kd)
     run = build_run(pair.student, {"kd": kd}, recipe.train, total, device)
     pair.student.train()
     kd.train()

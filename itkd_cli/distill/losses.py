@@ -6,6 +6,7 @@ public code): objects of all task heads are pooled once and averaged over VALID 
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Sequence
 
 import torch
@@ -44,6 +45,21 @@ def zero_terms(ref: Tensor, **terms: Tensor) -> KDTerms:
 def combine(det_loss: Tensor, kd_total: Tensor, lam: float) -> Tensor:
     """Total training loss ``lam * kd + (1 - lam) * det`` (lam = lambda of the recipe)."""
     return lam * kd_total + (1.0 - lam) * det_loss
+
+
+def scheduled_lambda(lam: float, schedule: str, until: float, progress: float) -> float:
+    """lambda at ``progress`` (fraction of the training steps done, in [0, 1]): ``lam`` while
+    schedule is 'constant', decaying linearly or along a half cosine to 0 at ``until``; 0 from ``until`` on."""
+    if progress >= until:
+        return 0.0
+    x = progress / until
+    if schedule == "constant":
+        return lam
+    if schedule == "linear":
+        return lam * (1.0 - x)
+    if schedule == "cosine":
+        return lam * 0.5 * (1.0 + math.cos(math.pi * x))
+    raise ItkdError(f"distill.lam_schedule: unknown schedule '{schedule}'")
 
 
 def pooled_centres(targets: Sequence[TaskTargets]) -> tuple[Tensor, Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Optional
 
@@ -63,20 +64,25 @@ def build_distillation(recipe: Recipe, teacher: Path,
     return pair, kd, label_kd
 
 
-def distill_step_fn(pair, kd, lam: float, label_kd: Optional[LabelKD]) -> Callable[[Batch], tuple]:
-    """Loss of one batch: lam * KD + (1 - lam) * detection loss (+ teacher-label loss for sparsekd).
+def distill_step_fn(pair, kd, lam_at: Callable[[float], float],
+                    label_kd: Optional[LabelKD]) -> Callable[[Batch, float], tuple]:
+    """Loss of one batch: lam * KD + (1 - lam) * detection loss (+ teacher-label loss for sparsekd),
+    with lam = lam_at(progress) (``kd_lambda`` of the recipe: constant, or decaying under lam_schedule).
 
     The student alone (``NoKD``) never runs the teacher: its step is the reference KD steps are timed
-    against, and a teacher forward it does not use would make every KD method look cheaper."""
+    against, and a teacher forward it does not use would make every KD method look cheaper. Neither does
+    a KD step whose lambda has reached 0 (``distill.kd_until``): it is a detection step."""
     head_cfg = pair.student_cfg.head
-    uses_teacher = not isinstance(kd, NoKD)
+    distils = not isinstance(kd, NoKD)
 
-    def step(batch: Batch):
+    def step(batch: Batch, progress: float):
         args = (batch.voxels, batch.num_points, batch.coords, batch.batch_size)
-        t_out = None
-        if uses_teacher:
-            with torch.no_grad():
-                t_out = pair.teacher(*args)
+        lam = lam_at(progress)
+        if not distils or lam == 0.0:
+            det = centerpoint_loss(pair.student(*args), batch.targets, head_cfg)
+            return det.total, {"det": float(det.total.detach()), **({"lam": 0.0} if distils else {})}
+        with torch.no_grad():
+            t_out = pair.teacher(*args)
         s_out = pair.student(*args)
         det = centerpoint_loss(s_out, batch.targets, head_cfg)
         terms = kd(s_out, t_out, batch.targets)
@@ -87,7 +93,7 @@ def distill_step_fn(pair, kd, lam: float, label_kd: Optional[LabelKD]) -> Callab
             kd_total = kd_total + label
             logs["label"] = label.detach()
         loss = combine(det.total, kd_total, lam)
-        return loss, {k: float(v) for k, v in logs.items()}
+        return loss, {**{k: float(v) for k, v in logs.items()}, "lam": lam}
 
     return step
 
@@ -143,7 +149,7 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
     last = train_dir / "last.pth"
     if resume and not last.is_file():
         raise ItkdError(f"--resume: {last}: no interrupted run to continue", hint="drop --resume to start a new run")
-    step_fn = distill_step_fn(pair, kd, kd_lambda(recipe.distill), label_kd)
+    step_fn = distill_step_fn(pair, kd, partial(kd_lambda, recipe.distill), label_kd)
     done = fit(pair.student, step_fn, loader, recipe.train,
                train_dir, s_recipe.model_dump(mode="json"), "student", aux={"kd": kd},
                resume=last if resume else None, quiet=quiet, device=device)

@@ -79,7 +79,7 @@ def plot_curves(metrics_jsonl: Path, out_png: Path, title: str) -> Optional[Path
     matplotlib.use("Agg")  # no display on servers and CI
     import matplotlib.pyplot as plt
 
-    skip = {"step", "epoch", "lr", "sec_per_step"}
+    skip = {"step", "epoch", "lr", "sec_per_step", "lam"}  # not losses
     keys = [k for k in steps[0] if k not in skip and isinstance(steps[0][k], (int, float))]
     evals = [r for r in records if "eval" in r]
     fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(11 if evals else 6, 4), squeeze=False)

@@ -289,6 +289,12 @@ class DistillConfig(Strict):
     method: Literal["itkd", "none", "hinton", "fitnet", "sparsekd"] = Field("itkd", description="Distillation method.")
     itkd: ItkdLossConfig = Field(default_factory=ItkdLossConfig, description="itKD settings.")
     baseline: BaselineLossConfig = Field(default_factory=BaselineLossConfig, description="Baseline KD settings.")
+    lam_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description=(
+        "How lambda moves during training: 'constant' keeps the method's lam until kd_until, 'linear' and "
+        "'cosine' decay it from lam to 0 at kd_until (a departure from the method, which keeps it constant)."))
+    kd_until: float = Field(1.0, gt=0, le=1, description=(
+        "Fraction of the training steps with KD; after it lambda is 0 and the step runs no teacher forward "
+        "(1.0: KD to the end, the method)."))
 
 
 # ----------------------------------------------------------------------------------- training

@@ -25,7 +25,8 @@ from itkd_cli.train.state import (
 )
 from itkd_cli.train.stop import StopGuard
 
-StepFn = Callable[[Any], tuple[Tensor, dict[str, Any]]]
+# step_fn(batch, progress) -> (loss, logs); progress = fraction of the planned steps done before this one.
+StepFn = Callable[[Any, float], tuple[Tensor, dict[str, Any]]]
 # eval_fn(checkpoint_path, epoch) -> metrics dict; provided by the evaluation stage.
 EvalFn = Callable[[Path, int], dict[str, Any]]
 LAST = "last.pth"
@@ -138,7 +139,7 @@ def train_step(run: TrainRun, step_fn: StepFn, batch: Any, cfg: TrainConfig, ste
     """One optimiser step. Raises JobFailed on a non-finite loss or gradient (weights untouched)."""
     batch = to_device(batch, run.device)
     with torch.autocast(run.device.type, enabled=run.amp):
-        loss, logs = step_fn(batch)
+        loss, logs = step_fn(batch, (step - 1) / run.scheduler.total_steps)
     value = float(loss.detach())
     kept = f"last good checkpoint kept: {last}" if last.is_file() else "no checkpoint written yet"
     if not math.isfinite(value):
@@ -179,7 +180,7 @@ def fit(model: nn.Module, step_fn: StepFn, loader: Iterable, cfg: TrainConfig, o
 
     Args:
         model: the network whose weights form the checkpoint's model_state (already on ``device``).
-        step_fn: batch -> (scalar loss, {name: scalar}) ; runs under autocast when AMP is on.
+        step_fn: (batch, progress in [0, 1)) -> (scalar loss, {name: scalar}); runs under autocast when AMP is on.
         loader: re-iterable loader of batches with a fixed length (one pass = one epoch).
         cfg: recipe.train (epochs, lr, seed, amp, max_steps, eval_every, log_every...).
         out_dir: run folder (last.pth, metrics.jsonl, tb/).

@@ -94,10 +94,10 @@ def train(recipe: Recipe, out_dir: Path, resume: Optional[Path] = None, init_fro
 
 
 def detector_step(model: torch.nn.Module, recipe: Recipe) -> Any:
-    """The step function of plain detector training: batch -> (L_det, {hm, loc})."""
+    """The step function of plain detector training: (batch, progress) -> (L_det, {hm, loc})."""
     head_cfg = recipe.model.head
 
-    def step(batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def step(batch: Batch, progress: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = model(batch.voxels, batch.num_points, batch.coords, batch.batch_size)
         loss = centerpoint_loss(out, batch.targets, head_cfg)
         return loss.total, {"hm": loss.hm.detach(), "loc": loss.loc.detach()}

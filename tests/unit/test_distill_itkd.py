@@ -184,6 +184,21 @@ def test_build_kd_and_lambda_per_method():
     assert combine(torch.tensor(3.0), torch.tensor(0.0), 0.0).item() == 3.0
 
 
+@pytest.mark.parametrize("method, lam_key", [("itkd", "itkd.lam"), ("fitnet", "baseline.lam")])
+def test_kd_lambda_follows_the_recipe_schedule(method, lam_key):
+    recipe = load_recipe("synth-pillar", [f"distill.method={method}", f"distill.{lam_key}=0.6",
+                                          "distill.lam_schedule=linear", "distill.kd_until=0.5"])
+    assert [kd_lambda(recipe.distill, p) for p in (0.0, 0.25, 0.5, 0.9)] == pytest.approx([0.6, 0.3, 0.0, 0.0])
+    alone = recipe.distill.model_copy(update={"method": "none"})
+    assert kd_lambda(alone, 0.0) == 0.0
+
+
+@pytest.mark.parametrize("bad", ["distill.kd_until=0", "distill.kd_until=1.5", "distill.lam_schedule=step"])
+def test_bad_lambda_schedule_is_a_recipe_error(bad):
+    with pytest.raises(ItkdError, match=bad.split("=")[0].replace(".", r"\.")):
+        load_recipe("synth-pillar", [bad])
+
+
 def test_autocast_keeps_reductions_in_float32():
     recipe = load_recipe("synth-pillar", [SIX_TASKS])
     t_cfg, s_cfg = recipe.model, student_of(recipe.model, 0.25)

@@ -11,7 +11,7 @@ from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.types import TaskTargets
 from itkd_cli.distill.autoencoder import ChannelAutoencoder, build_adapter, encoder_widths
 from itkd_cli.distill.losses import (
-    combine, cr_loss, gather_at_centres, it_loss, mse_at_centres, pooled_centres)
+    combine, cr_loss, gather_at_centres, it_loss, mse_at_centres, pooled_centres, scheduled_lambda)
 from itkd_cli.recipe.schema import ItkdLossConfig
 
 
@@ -112,6 +112,20 @@ def test_pooled_centres_lists_each_task_object_once():
     assert ind.tolist() == [[1, 2, 5]] and mask.tolist() == [[True, False, True]]
     with pytest.raises(ItkdError):
         pooled_centres(())
+
+
+@pytest.mark.parametrize("schedule, progress, expected", [
+    ("constant", 0.0, 0.8), ("constant", 0.39, 0.8), ("constant", 0.4, 0.0), ("constant", 0.9, 0.0),
+    ("linear", 0.0, 0.8), ("linear", 0.1, 0.6), ("linear", 0.3, 0.2), ("linear", 0.4, 0.0),
+    ("cosine", 0.0, 0.8), ("cosine", 0.2, 0.4), ("cosine", 0.1, 0.8 * (0.5 + 0.5 ** 0.5 / 2)), ("cosine", 0.5, 0.0),
+])
+def test_scheduled_lambda_decays_to_zero_at_kd_until(schedule, progress, expected):
+    # lam 0.8, KD until 40% of the steps: linear 0.8 * (1 - p / 0.4); cosine 0.4 * (1 + cos(pi p / 0.4))
+    assert scheduled_lambda(0.8, schedule, 0.4, progress) == pytest.approx(expected)
+
+
+def test_scheduled_lambda_constant_to_the_end_is_the_method():
+    assert [scheduled_lambda(0.5, "constant", 1.0, p) for p in (0.0, 0.5, 0.999)] == [0.5, 0.5, 0.5]
 
 
 def test_combine_weights_kd_and_detection():

@@ -63,12 +63,41 @@ def test_student_alone_step_never_runs_the_teacher(monkeypatch, method):
     pair = SimpleNamespace(teacher=teacher, student=lambda *args: out, student_cfg=SimpleNamespace(head=None))
     kd = NoKD() if method == "none" else HintonKD(2.0)
     batch = SimpleNamespace(voxels=None, num_points=None, coords=None, batch_size=1, targets=())
-    loss, logs = mod.distill_step_fn(pair, kd, 0.0 if method == "none" else 0.5, None)(batch)
+    step = mod.distill_step_fn(pair, kd, lambda progress: 0.0 if method == "none" else 0.5, None)
+    loss, logs = step(batch, 0.3)
     assert calls == ([] if method == "none" else ["teacher"])
     if method == "none":
-        assert loss.item() == 2.0 and logs["det"] == 2.0
+        assert loss.item() == 2.0 and logs == {"det": 2.0}
     else:  # the teacher's output reached the KD term
-        assert logs["hm"] > 0 and loss.item() == pytest.approx(0.5 * 2.0 + 0.5 * logs["hm"])
+        assert logs["hm"] > 0 and loss.item() == pytest.approx(0.5 * 2.0 + 0.5 * logs["hm"]) and logs["lam"] == 0.5
+
+
+def test_kd_step_past_kd_until_is_a_detection_step_without_teacher(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from itkd_cli.core.types import DetectorOutput
+    from itkd_cli.distill.baselines import HintonKD
+    from itkd_cli.train.loss import DetLoss
+
+    calls, seen = [], []
+    out = DetectorOutput(bev=torch.zeros(1, 1, 2, 2), tasks=(SimpleNamespace(hm=torch.zeros(1, 1, 2, 2)),))
+    monkeypatch.setattr(mod, "centerpoint_loss",
+                        lambda s_out, targets, head_cfg: DetLoss(torch.tensor(3.0), torch.zeros(()), torch.zeros(())))
+    pair = SimpleNamespace(teacher=lambda *a: calls.append("teacher") or out, student=lambda *a: out,
+                           student_cfg=SimpleNamespace(head=None))
+
+    def lam_at(progress):
+        seen.append(progress)
+        return 0.5 if progress < 0.5 else 0.0
+
+    step = mod.distill_step_fn(pair, HintonKD(2.0), lam_at, None)
+    batch = SimpleNamespace(voxels=None, num_points=None, coords=None, batch_size=1, targets=())
+    loss, logs = step(batch, 0.75)
+    assert calls == [] and seen == [0.75] and loss.item() == 3.0 and logs == {"det": 3.0, "lam": 0.0}
+    step(batch, 0.25)
+    assert calls == ["teacher"]
 
 
 def test_init_from_teacher_keeps_leading_channels(one_thread):

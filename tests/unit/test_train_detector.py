@@ -88,10 +88,10 @@ def test_loss_decreases_on_a_repeated_batch(tmp_path):
     model = build_model(recipe.model)
     batch = _batch(recipe, 0)
     step = detector_step(model, recipe)
-    first = float(step(batch)[0].detach())
+    first = float(step(batch, 0.0)[0].detach())
     fit(model, step, [batch] * 4, recipe.train, tmp_path, {}, "teacher", quiet=True)
     model.train()
-    assert float(step(batch)[0].detach()) < first
+    assert float(step(batch, 0.0)[0].detach()) < first
 
 
 def test_missing_dataset_is_one_line_error_with_synth_hint(tmp_path):

@@ -49,7 +49,7 @@ def _model(seed: int = 3) -> Tiny:
 def _run(out, cfg, resume=None, step_fn=None, **kw):
     model = _model()
 
-    def mse(batch):
+    def mse(batch, progress):
         loss = (model(batch[0]) - batch[1]).pow(2).mean()
         return loss, {"mse": loss}
 
@@ -90,11 +90,24 @@ def test_resume_equals_uninterrupted(tmp_path, stop_after):
     assert steps == list(range(1, 13))
 
 
+def test_step_fn_sees_the_fraction_of_steps_done_also_after_a_resume(tmp_path):
+    seen = []
+    model = _model()
+
+    def step_fn(batch, progress):
+        seen.append(progress)
+        return (model(batch[0]) - batch[1]).pow(2).mean(), {}
+
+    _run(tmp_path, _cfg(max_steps=5), step_fn=step_fn)
+    _run(tmp_path, _cfg(), step_fn=step_fn, resume=tmp_path / "last.pth")
+    assert seen == pytest.approx([i / 12 for i in range(12)])  # 12 planned steps, counted from 0
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     calls = {"n": 0}
     model = _model()
 
-    def step_fn(batch):
+    def step_fn(batch, progress):
         calls["n"] += 1
         loss = (model(batch[0]) - batch[1]).pow(2).mean()
         return (loss * float("nan") if calls["n"] == 6 else loss), {}
@@ -111,7 +124,7 @@ def test_ctrl_c_checkpoints_last_step_then_resume_matches(tmp_path):
     model = _model()
     calls = {"n": 0}
 
-    def step_fn(batch):
+    def step_fn(batch, progress):
         calls["n"] += 1
         if calls["n"] == 3:
             os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step: the step still completes
@@ -152,14 +165,14 @@ def test_unwritable_output_fails_before_work(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(ItkdError, match="not writable"):
-        _run(blocker / "run", _cfg(), step_fn=lambda b: pytest.fail("trained"))
+        _run(blocker / "run", _cfg(), step_fn=lambda b, p: pytest.fail("trained"))
 
 
 def test_resume_of_other_architecture_lists_keys(tmp_path):
     _run(tmp_path, _cfg(max_steps=2))
     other = nn.Linear(4, 1)
     with pytest.raises(ItkdError, match="missing .*net.0.weight"):
-        fit(other, lambda b: (other(b[0]).sum(), {}), _loader(), _cfg(), tmp_path, {}, "teacher",
+        fit(other, lambda b, p: (other(b[0]).sum(), {}), _loader(), _cfg(), tmp_path, {}, "teacher",
             resume=tmp_path / "last.pth", quiet=True)
 
 
