@@ -77,14 +77,15 @@ def distill_step_fn(pair, kd, lam_at: Callable[[float], float],
 
     def step(batch: Batch, progress: float):
         args = (batch.voxels, batch.num_points, batch.coords, batch.batch_size)
-        lam = lam_at(progress)
-        if not distils or lam == 0.0:
-            det = centerpoint_loss(pair.student(*args), batch.targets, head_cfg)
-            return det.total, {"det": float(det.total.detach()), **({"lam": 0.0} if distils else {})}
-        with torch.no_grad():
-            t_out = pair.teacher(*args)
+        lam = lam_at(progress) if distils else 0.0
+        t_out = None
+        if lam > 0.0:
+            with torch.no_grad():
+                t_out = pair.teacher(*args)
         s_out = pair.student(*args)
         det = centerpoint_loss(s_out, batch.targets, head_cfg)
+        if t_out is None:
+            return det.total, {"det": float(det.total.detach()), **({"lam": 0.0} if distils else {})}
         terms = kd(s_out, t_out, batch.targets)
         kd_total = terms.total
         logs = {"det": det.total.detach(), **{k: v.detach() for k, v in terms._asdict().items() if k != "total"}}
