@@ -40,7 +40,7 @@ def make_stepper(out: Path, method: str, ratio: float, sets: list[str], total: i
     recipe = compress_recipe(teacher_path, str(out / "recipe.yaml"), sets, ratio, None, method)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pair, kd, label_kd = build_distillation(recipe, teacher_path, device)
-    step_fn = distill_step_fn(pair, kd, partial(kd_lambda, recipe.distill), label_kd)
+    step_fn = distill_step_fn(pair, kd, partial(kd_lambda, recipe.distill), label_kd, recipe.distill.kd_warmup)
     run = build_run(pair.student, {"kd": kd}, recipe.train, total, device)
     pair.student.train()
     kd.train()

@@ -13,7 +13,7 @@ from torch import nn
 
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.io import write_json
-from itkd_cli.core.types import Batch
+from itkd_cli.core.types import Batch, detached
 from itkd_cli.data.loader import build_loader
 from itkd_cli.distill.baselines import NoKD, build_kd, kd_lambda
 from itkd_cli.distill.losses import combine
@@ -64,10 +64,12 @@ def build_distillation(recipe: Recipe, teacher: Path,
     return pair, kd, label_kd
 
 
-def distill_step_fn(pair, kd, lam_at: Callable[[float], float],
-                    label_kd: Optional[LabelKD]) -> Callable[[Batch, float], tuple]:
+def distill_step_fn(pair, kd, lam_at: Callable[[float], float], label_kd: Optional[LabelKD],
+                    kd_warmup: float = 0.0) -> Callable[[Batch, float], tuple]:
     """Loss of one batch: lam * KD + (1 - lam) * detection loss (+ teacher-label loss for sparsekd),
     with lam = lam_at(progress) (``kd_lambda`` of the recipe: constant, or decaying under lam_schedule).
+    Before ``kd_warmup`` (fraction of the steps; ``distill.kd_warmup``) the KD terms read the student's
+    outputs detached: they train the KD modules only, and the student learns from detection alone.
 
     The student alone (``NoKD``) never runs the teacher: its step is the reference KD steps are timed
     against, and a teacher forward it does not use would make every KD method look cheaper. Neither does
@@ -86,11 +88,12 @@ def distill_step_fn(pair, kd, lam_at: Callable[[float], float],
         det = centerpoint_loss(s_out, batch.targets, head_cfg)
         if t_out is None:
             return det.total, {"det": float(det.total.detach()), **({"lam": 0.0} if distils else {})}
-        terms = kd(s_out, t_out, batch.targets)
+        s_kd = detached(s_out) if progress < kd_warmup else s_out
+        terms = kd(s_kd, t_out, batch.targets)
         kd_total = terms.total
         logs = {"det": det.total.detach(), **{k: v.detach() for k, v in terms._asdict().items() if k != "total"}}
         if label_kd is not None:
-            label = label_kd(s_out, t_out, batch)
+            label = label_kd(s_kd, t_out, batch)
             kd_total = kd_total + label
             logs["label"] = label.detach()
         loss = combine(det.total, kd_total, lam)
@@ -150,7 +153,7 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
     last = train_dir / "last.pth"
     if resume and not last.is_file():
         raise ItkdError(f"--resume: {last}: no interrupted run to continue", hint="drop --resume to start a new run")
-    step_fn = distill_step_fn(pair, kd, partial(kd_lambda, recipe.distill), label_kd)
+    step_fn = distill_step_fn(pair, kd, partial(kd_lambda, recipe.distill), label_kd, recipe.distill.kd_warmup)
     done = fit(pair.student, step_fn, loader, recipe.train,
                train_dir, s_recipe.model_dump(mode="json"), "student", aux={"kd": kd},
                resume=last if resume else None, quiet=quiet, device=device)

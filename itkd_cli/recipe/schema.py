@@ -295,6 +295,18 @@ class DistillConfig(Strict):
     kd_until: float = Field(1.0, gt=0, le=1, description=(
         "Fraction of the training steps with KD; after it lambda is 0 and the step runs no teacher forward "
         "(1.0: KD to the end, the method)."))
+    kd_warmup: float = Field(0.0, ge=0, lt=1, description=(
+        "Fraction of the training steps at the start during which the KD modules (autoencoder, adapter, "
+        "head-attention fusion) learn from the student's outputs detached, so that the student trains on "
+        "detection alone until they are no longer random (a departure from the method; 0: none). Must be "
+        "below kd_until."))
+
+    @model_validator(mode="after")
+    def _warmup_before_kd_ends(self) -> "DistillConfig":
+        if self.kd_warmup > 0 and self.kd_warmup >= self.kd_until:
+            raise ValueError(f"kd_warmup: {self.kd_warmup} must be below kd_until ({self.kd_until}), "
+                             "otherwise the student never receives a KD gradient")
+        return self
 
 
 # ----------------------------------------------------------------------------------- training

@@ -192,3 +192,49 @@ def test_build_pair_initialises_the_student_from_the_teacher_by_default(one_thre
     pair = build_pair(recipe, path, torch.device("cpu"))
     key = "vfe.pfn_layers.0.linear.weight"  # same width in teacher and neck-policy student
     assert torch.equal(pair.student.state_dict()[key], pair.teacher.state_dict()[key]) is init
+
+
+def test_kd_warmup_trains_the_kd_modules_and_leaves_the_student_to_detection(monkeypatch):
+    """Before distill.kd_warmup the KD loss reaches the adapter but not the student; after it, both."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from itkd_cli.core.types import DetectorOutput, TaskHeadOutput
+    from itkd_cli.distill.baselines import FitNetKD
+    from itkd_cli.train.loss import DetLoss
+
+    torch.manual_seed(0)
+    neck = torch.nn.Conv2d(2, 2, 1)  # the student: its output is the tapped BEV map
+
+    def student(*args):
+        bev = neck(torch.ones(1, 2, 3, 3))
+        z = torch.zeros(1, 1, 3, 3)
+        return DetectorOutput(bev=bev, tasks=(TaskHeadOutput(bev[:, :1], z, z, z, z, None),))
+
+    teacher_bev = torch.randn(1, 4, 3, 3)
+    teacher = lambda *a: DetectorOutput(bev=teacher_bev, tasks=())  # noqa: E731
+    monkeypatch.setattr(mod, "centerpoint_loss",
+                        lambda s_out, targets, head_cfg: DetLoss(s_out.bev.sum(), torch.zeros(()), torch.zeros(())))
+    pair = SimpleNamespace(teacher=teacher, student=student, student_cfg=SimpleNamespace(head=None))
+    kd = FitNetKD(2, 4)
+    step = mod.distill_step_fn(pair, kd, lambda progress: 0.25, None, kd_warmup=0.5)
+    batch = SimpleNamespace(voxels=None, num_points=None, coords=None, batch_size=1, targets=())
+    for progress, student_gets_kd in ((0.1, False), (0.6, True)):
+        neck.zero_grad(), kd.zero_grad()
+        loss, logs = step(batch, progress)
+        loss.backward()
+        det_only = torch.full_like(neck.weight, 0.75 * 9)  # (1 - lam) d(sum of bev)/dW: 9 cells of input 1
+        assert kd.adapter.weight.grad is not None and kd.adapter.weight.grad.abs().sum() > 0
+        assert torch.allclose(neck.weight.grad, det_only) is not student_gets_kd
+        assert logs["feat"] > 0 and logs["lam"] == 0.25
+
+
+def test_kd_warmup_must_end_before_kd_does():
+    from itkd_cli.core.errors import ItkdError
+
+    assert load_recipe("synth-pillar", ["distill.kd_warmup=0.2"]).distill.kd_warmup == 0.2
+    with pytest.raises(ItkdError, match="kd_warmup"):
+        load_recipe("synth-pillar", ["distill.kd_warmup=0.5", "distill.kd_until=0.5"])
+    with pytest.raises(ItkdError, match="kd_warmup"):
+        load_recipe("synth-pillar", ["distill.kd_warmup=1"])
