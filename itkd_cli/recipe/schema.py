@@ -303,7 +303,7 @@ class DistillConfig(Strict):
 
     @model_validator(mode="after")
     def _warmup_before_kd_ends(self) -> "DistillConfig":
-        if self.kd_warmup > 0 and self.kd_warmup >= self.kd_until:
+        if self.kd_warmup >= self.kd_until:  # kd_until > 0, so the default 0 always passes
             raise ValueError(f"kd_warmup: {self.kd_warmup} must be below kd_until ({self.kd_until}), "
                              "otherwise the student never receives a KD gradient")
         return self

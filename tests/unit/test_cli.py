@@ -70,3 +70,12 @@ def test_user_error_is_one_line_exit_2(cli, tmp_path: Path) -> None:
     assert len(errors) == 1 and "missing.pth" in errors[0]
     assert "Traceback" not in result.output
     assert not list(tmp_path.iterdir()), "nothing may be written on a user error"
+
+
+def test_bad_recipe_value_from_set_is_one_line_exit_2(cli) -> None:
+    """A cross-field recipe rule (distill.kd_warmup below kd_until) reaches the user as one error line."""
+    result = cli("recipe", "show", "synth-pillar", "--set", "distill.kd_warmup=0.6", "--set", "distill.kd_until=0.5")
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "distill: kd_warmup: 0.6 must be below kd_until (0.5)" in errors[0]
+    assert "Traceback" not in result.output

@@ -220,11 +220,12 @@ def test_kd_warmup_trains_the_kd_modules_and_leaves_the_student_to_detection(mon
     kd = FitNetKD(2, 4)
     step = mod.distill_step_fn(pair, kd, lambda progress: 0.25, None, kd_warmup=0.5)
     batch = SimpleNamespace(voxels=None, num_points=None, coords=None, batch_size=1, targets=())
+    det_only = torch.full_like(neck.weight, 0.75 * 9)  # (1 - lam) d(sum of bev)/dW: 9 cells of input 1
     for progress, student_gets_kd in ((0.1, False), (0.6, True)):
-        neck.zero_grad(), kd.zero_grad()
+        neck.zero_grad()
+        kd.zero_grad()
         loss, logs = step(batch, progress)
         loss.backward()
-        det_only = torch.full_like(neck.weight, 0.75 * 9)  # (1 - lam) d(sum of bev)/dW: 9 cells of input 1
         assert kd.adapter.weight.grad is not None and kd.adapter.weight.grad.abs().sum() > 0
         assert torch.allclose(neck.weight.grad, det_only) is not student_gets_kd
         assert logs["feat"] > 0 and logs["lam"] == 0.25
