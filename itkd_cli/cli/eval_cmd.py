@@ -1,4 +1,4 @@
-"""`itkd eval`: run a checkpoint over a split and score it with the official nuScenes devkit."""
+"""`itkd eval`: score a checkpoint with the official nuScenes devkit or the official Waymo metrics."""
 
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ def _with_dataset(recipe, data_root: Optional[str], version: Optional[str]):
     return recipe_from_dict(data, source="checkpoint recipe + --data-root/--version")
 
 
+def _progress_bar():
+    columns = (TextColumn("inference"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=console, disable=STATE["quiet"], transient=True)
+
+
 def _run(checkpoint: Path, data_root: Optional[str], version: Optional[str], split: Optional[str], out: Optional[Path],
          max_frames: Optional[int], device: str, curves: bool) -> tuple[dict, Path]:
     from itkd_cli.evaluate.run import evaluate_nuscenes, load_model
@@ -48,13 +53,51 @@ def _run(checkpoint: Path, data_root: Optional[str], version: Optional[str], spl
     model.to(_device(device))
     split = split or recipe.dataset.val_split
     say(f"evaluating {checkpoint} on {Path(recipe.dataset.root) / recipe.dataset.version} split {split!r}")
-    columns = (TextColumn("inference"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, disable=STATE["quiet"], transient=True) as bar:
+    with _progress_bar() as bar:
         task = bar.add_task("inference", total=None)
         metrics = evaluate_nuscenes(recipe, model, out, split=split, max_frames=max_frames,
                                     render_curves=curves,
                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
     return metrics, out
+
+
+def _run_waymo(checkpoint: Optional[Path], data_root: Optional[str], out: Optional[Path], max_frames: Optional[int],
+               device: str, predictions: Optional[Path], ground_truth: Optional[Path]) -> tuple[dict, Path, str]:
+    from itkd_cli.evaluate import waymo_eval
+
+    if predictions is not None or ground_truth is not None:
+        if predictions is None or ground_truth is None or checkpoint is not None:
+            raise ItkdError("--predictions and --ground-truth go together, without --checkpoint")
+        out = out or predictions.parent / f"eval_{predictions.stem}"
+        say(f"scoring {predictions} against {ground_truth} (official Waymo config)")
+        return waymo_eval.score_objects(predictions, ground_truth, out), out, predictions.name
+    if checkpoint is None:
+        raise ItkdError("--checkpoint: required (or --predictions with --ground-truth for --dataset waymo)")
+    from itkd_cli.evaluate.run import load_model
+
+    model, recipe = load_model(checkpoint)
+    waymo_eval.class_types(recipe.dataset.class_names)  # fail before any inference
+    root = data_root or recipe.dataset.root
+    out = out or checkpoint.parent / f"eval_{checkpoint.stem}_waymo"
+    model.to(_device(device))
+    say(f"evaluating {checkpoint} on Waymo frames in {root}")
+    with _progress_bar() as bar:
+        task = bar.add_task("inference", total=None)
+        metrics = waymo_eval.evaluate_waymo(recipe, model, root, out, max_frames=max_frames,
+                                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+    return metrics, out, checkpoint.name
+
+
+def _report_waymo(metrics: dict, out_dir: Path, name: str, json_out: bool) -> None:
+    from itkd_cli.evaluate.waymo_eval import waymo_table
+
+    if json_out:
+        emit_json(metrics)
+        return
+    console.print(waymo_table(metrics, title=f"{name}: Waymo ({metrics['frames']} frames)"))
+    if metrics.get("frames_without_points"):
+        say(f"[yellow]{metrics['frames_without_points']} frame(s) carry no range image: nothing to detect there[/]")
+    say(f"wrote {out_dir / 'metrics.json'}")
 
 
 def register(app: typer.Typer) -> None:
@@ -63,26 +106,37 @@ def register(app: typer.Typer) -> None:
     @app.command("eval")
     @handle_errors
     def eval_cmd(
-        checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Our checkpoint (.pth) to evaluate."),
-        dataset: str = typer.Option("nuscenes", "--dataset", help="Benchmark: nuscenes (waymo: not wired yet)."),
-        data_root: Optional[str] = typer.Option(None, "--data-root", help="Replace the stored dataset.root."),
+        checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Our checkpoint (.pth) to evaluate."),
+        dataset: str = typer.Option("nuscenes", "--dataset", help="Benchmark: nuscenes or waymo."),
+        data_root: Optional[str] = typer.Option(None, "--data-root",
+                                                help="Replace the stored dataset.root (waymo: a .tfrecord or a folder)."),
         version: Optional[str] = typer.Option(None, "--version", help="Replace the stored dataset.version."),
         split: Optional[str] = typer.Option(None, "--split", help="Devkit split (default: dataset.val_split)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: eval_<checkpoint> beside it)."),
         max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Evaluate only the first N frames."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         curves: bool = typer.Option(True, "--curves/--no-curves", help="Write the devkit's PR/TP plots."),
+        predictions: Optional[Path] = typer.Option(None, "--predictions",
+                                                   help="waymo: score this Objects .bin instead of a checkpoint."),
+        ground_truth: Optional[Path] = typer.Option(None, "--ground-truth",
+                                                    help="waymo: the Objects .bin to score against."),
         json_out: bool = JsonOpt,
     ) -> None:
-        """Score a checkpoint with the official nuScenes metrics (mAP, NDS, TP errors, per-class AP)."""
+        """Score a checkpoint with the official nuScenes (mAP, NDS, per-class AP) or Waymo (mAP/mAPH L1/L2) metrics."""
         from itkd_cli.evaluate.nuscenes_eval import metrics_table
 
         if dataset not in DATASETS:
             raise ItkdError(f"--dataset {dataset}: expected one of {', '.join(DATASETS)}")
         if dataset == "waymo":
-            raise ItkdError("--dataset waymo: Waymo metrics need the separate Waymo environment "
-                            "(waymo-open-dataset cannot share this venv) and are not wired into itkd yet",
-                            hint="evaluate on nuScenes, or run Waymo's compute_detection_metrics in its own venv")
+            if version is not None or split is not None:
+                raise ItkdError("--version/--split: nuScenes only; for Waymo pass the segments with --data-root")
+            _report_waymo(*_run_waymo(checkpoint, data_root, out, max_frames, device, predictions, ground_truth),
+                          json_out)
+            return
+        if predictions is not None or ground_truth is not None:
+            raise ItkdError("--predictions/--ground-truth: Waymo Objects files, used with --dataset waymo")
+        if checkpoint is None:
+            raise ItkdError("--checkpoint: required", hint="itkd eval -c RUN/student.pth")
         metrics, out_dir = _run(checkpoint, data_root, version, split, out, max_frames, device, curves)
         if json_out:
             emit_json(metrics)

@@ -34,7 +34,9 @@ class AugmentConfig(Strict):
 
 
 class DatasetConfig(Strict):
-    kind: Literal["nuscenes", "waymo"] = Field("nuscenes", description="Dataset format (nuscenes: read and evaluated here; waymo: metrics only).")
+    kind: Literal["nuscenes", "waymo"] = Field(
+        "nuscenes", description="Dataset format (nuscenes: trained on and evaluated; waymo: evaluated from "
+                                "TFRecords by `itkd eval --dataset waymo`, not trained on).")
     root: str = Field("data/synth", description="Dataset root folder (holds <version>/ tables, samples/, sweeps/).")
     version: str = Field("v1.0-synth", description="nuScenes version folder, e.g. v1.0-mini, v1.0-trainval.")
     train_split: str = Field("train", description="Split for training (built-in devkit name or a key of splits.json).")

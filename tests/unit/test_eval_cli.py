@@ -17,11 +17,24 @@ def _run(*args: str):
     return CliRunner().invoke(app, ["eval", *args])
 
 
-def test_waymo_is_a_clear_error(tmp_path: Path) -> None:
-    res = _run("--dataset", "waymo", "--checkpoint", str(tmp_path / "x.pth"))
+def test_waymo_without_its_venv_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("ITKD_WAYMO_PYTHON", str(tmp_path / "no-venv" / "python"))
+    (tmp_path / "p.bin").write_bytes(b"")
+    res = _run("--dataset", "waymo", "--predictions", str(tmp_path / "p.bin"), "--ground-truth", str(tmp_path / "p.bin"),
+               "--out", str(tmp_path / "ev"))
     assert res.exit_code == 2
-    assert "Waymo metrics need the separate Waymo environment" in res.output
-    assert "Traceback" not in res.output
+    assert "no Waymo environment at" in res.output and "make waymo-env" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "ev" / "metrics.json").exists()
+
+
+def test_waymo_needs_a_checkpoint_or_objects_files() -> None:
+    res = _run("--dataset", "waymo")
+    assert res.exit_code == 2 and "--checkpoint: required (or --predictions" in res.output
+
+
+def test_objects_files_are_waymo_only(tmp_path: Path) -> None:
+    res = _run("--predictions", str(tmp_path / "p.bin"), "--ground-truth", str(tmp_path / "g.bin"))
+    assert res.exit_code == 2 and "used with --dataset waymo" in res.output
 
 
 def test_unknown_dataset(tmp_path: Path) -> None:

@@ -1,0 +1,234 @@
+"""Official Waymo metrics (mAP / mAPH, LEVEL_1 / LEVEL_2) through the Waymo venv.
+
+waymo-open-dataset cannot share this environment (it pins tensorflow and typing_extensions 4.5, which
+break torch and pydantic), so ``waymo_tool.py`` runs in its own venv and exchanges .npz files with
+this module: it reads the TFRecords (points + labels) and runs ``py_metrics_ops.detection_metrics``
+with the config of the official ``compute_detection_metrics_main``; inference stays here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from itkd_cli.core.errors import ItkdError
+from itkd_cli.core.io import atomic_path, write_json
+from itkd_cli.core.types import Detections
+from itkd_cli.evaluate.decode import decode
+from itkd_cli.recipe.schema import ModelConfig, Recipe
+
+TOOL = Path(__file__).with_name("waymo_tool.py")
+PYTHON_ENV = "ITKD_WAYMO_PYTHON"
+WAYMO_TYPES = {"vehicle": 1, "pedestrian": 2, "sign": 3, "cyclist": 4}  # label_pb2.Label.Type
+LEADERBOARD_CLASSES = ("Vehicle", "Pedestrian", "Cyclist")
+LEVELS = ("L1", "L2")
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions_waymo.npz"
+
+
+def waymo_python() -> Path:
+    """The Waymo venv's interpreter: $ITKD_WAYMO_PYTHON, else .venv-waymo/ beside the itkd checkout."""
+    found = os.environ.get(PYTHON_ENV)
+    path = Path(found) if found else Path(__file__).resolve().parents[2] / ".venv-waymo" / "bin" / "python"
+    if not path.is_file():
+        raise ItkdError(f"Waymo metrics: no Waymo environment at {path} (waymo-open-dataset cannot share itkd's venv)",
+                        hint=f"run `make waymo-env` in the itkd checkout, or set {PYTHON_ENV} to its python")
+    return path
+
+
+def run_tool(*args: Union[str, Path]) -> None:
+    """Run one waymo_tool.py command in the Waymo venv; its own error line becomes an ItkdError."""
+    cmd = [str(waymo_python()), str(TOOL), *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        mine = [ln for ln in lines if ln.startswith("waymo_tool: ")]
+        msg = mine[-1][len("waymo_tool: "):] if mine else (lines[-1] if lines else f"exit status {proc.returncode}")
+        raise ItkdError(f"Waymo tool: {msg}", exit_code=2 if mine else 1)
+
+
+def class_types(class_names: Sequence[str]) -> np.ndarray:
+    """Waymo object type of each recipe class (Vehicle, Pedestrian, Sign, Cyclist; any case)."""
+    unknown = [c for c in class_names if c.lower() not in WAYMO_TYPES]
+    if unknown:
+        raise ItkdError(f"dataset.class_names: {', '.join(map(repr, unknown))} not a Waymo object type",
+                        hint="Waymo classes are Vehicle, Pedestrian, Sign, Cyclist")
+    return np.array([WAYMO_TYPES[c.lower()] for c in class_names], np.uint8)
+
+
+def tfrecord_files(root: Union[str, Path]) -> list[Path]:
+    """A .tfrecord file, or every *.tfrecord in a folder (sorted)."""
+    path = Path(root)
+    files = sorted(path.glob("*.tfrecord")) if path.is_dir() else [path] if path.is_file() else []
+    if not files:
+        raise ItkdError(f"{path}: no Waymo .tfrecord file here",
+                        hint="--data-root takes a .tfrecord or a folder of them")
+    return files
+
+
+def summarize(raw: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
+    """Per-class mAP / mAPH at LEVEL_1 / LEVEL_2 from the breakdown rows, and their means over classes
+    (the leaderboard's headline is mAPH L2 averaged over its classes)."""
+    per_class = {}
+    for name in class_names:
+        rows = raw["breakdowns"]
+        key = f"OBJECT_TYPE_TYPE_{name.upper()}_LEVEL_"
+        per_class[name] = {f"{m}_{lv}": rows[f"{key}{i}"][m] for i, lv in enumerate(LEVELS, 1) for m in ("mAP", "mAPH")}
+    means = {k: float(np.mean([row[k] for row in per_class.values()])) for k in next(iter(per_class.values()))}
+    return {**means, "per_class": per_class, "breakdowns": raw["breakdowns"],
+            **{k: raw[k] for k in ("frames", "predictions", "ground_truths")}}
+
+
+def _metrics(pred: Path, gt: Path, out_dir: Path, class_names: Sequence[str]) -> dict[str, Any]:
+    raw_path = out_dir / "waymo_metrics_raw.json"
+    run_tool("metrics", pred, gt, raw_path)
+    return summarize(json.loads(raw_path.read_text()), class_names)
+
+
+def score_objects(pred_bin: Union[str, Path], gt_bin: Union[str, Path], out_dir: Union[str, Path]) -> dict[str, Any]:
+    """Score official Objects files (a submission and its ground truth) with the official config."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in (pred_bin, gt_bin):
+        if not Path(path).is_file():
+            raise ItkdError(f"{path}: file not found", hint="pass Waymo Objects .bin files (metrics_pb2.Objects)")
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        pred, gt = Path(tmp) / "pred.npz", Path(tmp) / "gt.npz"
+        run_tool("objects", pred_bin, pred)
+        run_tool("objects", gt_bin, gt)
+        metrics = _metrics(pred, gt, out_dir, LEADERBOARD_CLASSES)
+    metrics.update({"dataset": "waymo", "predictions_file": str(pred_bin), "ground_truth_file": str(gt_bin)})
+    write_json(out_dir / METRICS_FILE, metrics)
+    return metrics
+
+
+def _frame_key(entry: Mapping[str, Any]) -> tuple[str, int]:
+    return entry["context"], int(entry["timestamp"])
+
+
+def write_predictions(path: Path, detections: Sequence[Detections], frames: Sequence[Mapping[str, Any]],
+                      types: np.ndarray) -> Path:
+    """Our boxes (x, y, z, dx, dy, dz, yaw: dx along the heading) as Waymo arrays (length = dx)."""
+    ctx, ts, boxes, typ, scores = [], [], [], [], []
+    for det, entry in zip(detections, frames):
+        k = len(det.scores)
+        context, stamp = _frame_key(entry)
+        ctx += [context] * k
+        ts += [stamp] * k
+        boxes.append(det.boxes[:, :7].double().numpy())
+        typ.append(types[det.labels.numpy()])
+        scores.append(det.scores.float().numpy())
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, context=np.array(ctx, dtype=str), timestamp=np.array(ts, np.int64),
+                     boxes=np.concatenate(boxes).reshape(-1, 7) if boxes else np.zeros((0, 7)),
+                     types=np.concatenate(typ).astype(np.uint8) if typ else np.zeros(0, np.uint8),
+                     scores=np.concatenate(scores) if scores else np.zeros(0, np.float32),
+                     overlap_nlz=np.zeros(len(ctx), bool))
+    return path
+
+
+def _ground_truth(path: Path, frame_dir: Path, frames: Sequence[Mapping[str, Any]]) -> Path:
+    parts = [dict(np.load(frame_dir / e["file"], allow_pickle=False)) for e in frames]
+    ctx = [_frame_key(e)[0] for e, p in zip(frames, parts) for _ in range(len(p["gt_types"]))]
+    ts = [_frame_key(e)[1] for e, p in zip(frames, parts) for _ in range(len(p["gt_types"]))]
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in ("gt_boxes", "gt_types", "gt_num_points", "gt_difficulty")}
+    np.savez(path, context=np.array(ctx, dtype=str), timestamp=np.array(ts, np.int64), boxes=cat["gt_boxes"],
+             types=cat["gt_types"], num_points=cat["gt_num_points"], difficulty=cat["gt_difficulty"])
+    return path
+
+
+@torch.no_grad()
+def predict_frames(model: nn.Module, model_cfg: ModelConfig, class_names: Sequence[str], frame_dir: Path,
+                   frames: Sequence[Mapping[str, Any]], progress: Optional[Callable[[int, int], None]] = None,
+                   ) -> list[Detections]:
+    """Voxelise each frame's points as the recipe says, run the model, decode boxes (one frame a step)."""
+    from itkd_cli.data.voxelize import Voxelizer
+
+    feats = model_cfg.num_point_features
+    if feats > 5:
+        raise ItkdError(f"model.num_point_features: {feats}, but Waymo points carry 5 (x, y, z, intensity, elongation)")
+    voxelize = Voxelizer(model_cfg, train=False)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for i, entry in enumerate(frames):
+            with np.load(frame_dir / entry["file"], allow_pickle=False) as data:
+                vox = voxelize(data["points"])
+            coords = np.concatenate([np.zeros((len(vox.coords), 1), np.int32), vox.coords], axis=1)
+            pred = model(torch.from_numpy(vox.voxels).to(device), torch.from_numpy(vox.num_points).to(device),
+                         torch.from_numpy(coords).to(device), 1)
+            det = decode(pred, model_cfg, class_names)[0]
+            out.append(Detections(det.boxes.cpu(), det.scores.cpu(), det.labels.cpu()))
+            if progress is not None:
+                progress(i + 1, len(frames))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def evaluate_waymo(recipe: Recipe, model: nn.Module, data_root: Union[str, Path], out_dir: Union[str, Path],
+                   max_frames: Optional[int] = None, model_cfg: Optional[ModelConfig] = None,
+                   progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
+    """Read Waymo TFRecords, run the model on every frame, score it with the official Waymo metrics.
+
+    Args:
+        recipe: class names (Waymo types) and, unless model_cfg is given, the network's grid/post.
+        model: the detector in memory (its device is used, its mode kept).
+        data_root: a .tfrecord file or a folder of them (validation segments).
+        out_dir: metrics.json, predictions_waymo.npz and the raw breakdown rows go here.
+        max_frames: only the first N frames.
+        model_cfg: the network's config when it differs from recipe.model (a student's).
+        progress: called with (frames done, frames total).
+
+    Returns:
+        metrics: mAP/mAPH at L1/L2 averaged over the recipe's classes, per_class, every breakdown row.
+    """
+    class_names = recipe.dataset.class_names
+    types = class_types(class_names)
+    files = tfrecord_files(data_root)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        frame_dir = Path(tmp) / "frames"
+        run_tool("frames", frame_dir, *files, *(["--max-frames", str(max_frames)] if max_frames else []))
+        frames = json.loads((frame_dir / "frames.json").read_text())
+        if not frames:
+            raise ItkdError(f"{data_root}: the TFRecords hold no frame")
+        start = time.perf_counter()
+        dets = predict_frames(model, model_cfg or recipe.model, class_names, frame_dir, frames, progress)
+        infer_s = time.perf_counter() - start
+        pred = write_predictions(out_dir / PREDICTIONS_FILE, dets, frames, types)
+        gt = _ground_truth(Path(tmp) / "gt.npz", frame_dir, frames)
+        metrics = _metrics(pred, gt, out_dir, class_names)
+    metrics.update({"dataset": "waymo", "data_root": str(data_root), "frames_without_points":
+                    sum(1 for e in frames if e["points"] == 0), "inference_s": round(infer_s, 3),
+                    "predictions_file": str(pred)})
+    write_json(out_dir / METRICS_FILE, metrics)
+    return metrics
+
+
+def waymo_table(metrics: Mapping[str, Any], title: str = "Waymo detection"):
+    """Rich table: one row per class, mAP / mAPH at LEVEL_1 and LEVEL_2; class means as the caption."""
+    from rich.table import Table
+
+    cols = [f"{m}_{lv}" for lv in LEVELS for m in ("mAP", "mAPH")]
+    table = Table(title=title, caption="  ".join(f"{c} {metrics[c]:.4f}" for c in cols))
+    table.add_column("class")
+    for col in cols:
+        table.add_column(col.replace("_", " "), justify="right")
+    for name, row in metrics["per_class"].items():
+        table.add_row(name, *(f"{row[c]:.4f}" for c in cols))
+    return table
+
