@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -137,11 +138,15 @@ def write_predictions(path: Path, detections: Sequence[Detections], frames: Sequ
     return path
 
 
-def _ground_truth(path: Path, frame_dir: Path, frames: Sequence[Mapping[str, Any]]) -> Path:
-    parts = [dict(np.load(frame_dir / e["file"], allow_pickle=False)) for e in frames]
-    ctx = [_frame_key(e)[0] for e, p in zip(frames, parts) for _ in range(len(p["gt_types"]))]
-    ts = [_frame_key(e)[1] for e, p in zip(frames, parts) for _ in range(len(p["gt_types"]))]
-    cat = {k: np.concatenate([p[k] for p in parts]) for k in ("gt_boxes", "gt_types", "gt_num_points", "gt_difficulty")}
+def _labels(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in ("gt_boxes", "gt_types", "gt_num_points", "gt_difficulty")}
+
+
+def _ground_truth(path: Path, frames: Sequence[Mapping[str, Any]], labels: Sequence[Mapping[str, np.ndarray]]) -> Path:
+    ctx = [_frame_key(e)[0] for e, lb in zip(frames, labels) for _ in range(len(lb["gt_types"]))]
+    ts = [_frame_key(e)[1] for e, lb in zip(frames, labels) for _ in range(len(lb["gt_types"]))]
+    cat = {k: np.concatenate([lb[k] for lb in labels]) for k in labels[0]}
     np.savez(path, context=np.array(ctx, dtype=str), timestamp=np.array(ts, np.int64), boxes=cat["gt_boxes"],
              types=cat["gt_types"], num_points=cat["gt_num_points"], difficulty=cat["gt_difficulty"])
     return path
@@ -180,7 +185,7 @@ def predict_frames(model: nn.Module, model_cfg: ModelConfig, class_names: Sequen
 
 def evaluate_waymo(recipe: Recipe, model: nn.Module, data_root: Union[str, Path], out_dir: Union[str, Path],
                    max_frames: Optional[int] = None, model_cfg: Optional[ModelConfig] = None,
-                   progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
+                   progress: Optional[Callable[[int, Optional[int]], None]] = None) -> dict[str, Any]:
     """Read Waymo TFRecords, run the model on every frame, score it with the official Waymo metrics.
 
     Args:
@@ -190,7 +195,7 @@ def evaluate_waymo(recipe: Recipe, model: nn.Module, data_root: Union[str, Path]
         out_dir: metrics.json, predictions_waymo.npz and the raw breakdown rows go here.
         max_frames: only the first N frames.
         model_cfg: the network's config when it differs from recipe.model (a student's).
-        progress: called with (frames done, frames total).
+        progress: called with (frames done, None): the total is not known before the last segment is read.
 
     Returns:
         metrics: mAP/mAPH at L1/L2 averaged over the recipe's classes, per_class, every breakdown row.
@@ -200,21 +205,35 @@ def evaluate_waymo(recipe: Recipe, model: nn.Module, data_root: Union[str, Path]
     files = tfrecord_files(data_root)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    frames: list[dict] = []
+    labels: list[dict] = []
+    dets: list[Detections] = []
+    infer_s, read = 0.0, 0
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        frame_dir = Path(tmp) / "frames"
-        run_tool("frames", frame_dir, *files, *(["--max-frames", str(max_frames)] if max_frames else []))
-        frames = json.loads((frame_dir / "frames.json").read_text())
+        for n, record in enumerate(files):  # one segment's points on disk at a time
+            left = None if max_frames is None else max_frames - len(frames)
+            if left == 0:
+                break
+            read += 1
+            frame_dir = Path(tmp) / f"segment_{n}"
+            run_tool("frames", frame_dir, record, *(["--max-frames", str(left)] if left else []))
+            index = json.loads((frame_dir / "frames.json").read_text())
+            start = time.perf_counter()
+            done = len(frames)
+            dets += predict_frames(model, model_cfg or recipe.model, class_names, frame_dir, index,
+                                   None if progress is None else lambda i, _: progress(done + i, None))
+            infer_s += time.perf_counter() - start
+            labels += [_labels(frame_dir / e["file"]) for e in index]
+            frames += index
+            shutil.rmtree(frame_dir)
         if not frames:
             raise ItkdError(f"{data_root}: the TFRecords hold no frame")
-        start = time.perf_counter()
-        dets = predict_frames(model, model_cfg or recipe.model, class_names, frame_dir, frames, progress)
-        infer_s = time.perf_counter() - start
         pred = write_predictions(out_dir / PREDICTIONS_FILE, dets, frames, types)
-        gt = _ground_truth(Path(tmp) / "gt.npz", frame_dir, frames)
+        gt = _ground_truth(Path(tmp) / "gt.npz", frames, labels)
         metrics = _metrics(pred, gt, out_dir, class_names)
     metrics.update({"dataset": "waymo", "data_root": str(data_root), "frames_without_points":
-                    sum(1 for e in frames if e["points"] == 0), "inference_s": round(infer_s, 3),
-                    "predictions_file": str(pred)})
+                    sum(1 for e in frames if e["points"] == 0), "tfrecords_read": read,
+                    "inference_s": round(infer_s, 3), "predictions_file": str(pred)})
     write_json(out_dir / METRICS_FILE, metrics)
     return metrics
 

@@ -152,6 +152,29 @@ def test_ground_truth_through_our_writer(frames, tmp_path: Path, monkeypatch, ya
     assert (tmp_path / "predictions_waymo.npz").is_file() and not list(tmp_path.glob("tmp*"))
 
 
+def test_segments_are_read_one_at_a_time_up_to_max_frames(segment, tmp_path: Path, monkeypatch) -> None:
+    """A folder of two segments and --max-frames 3: both files read, the second for one frame only."""
+    import shutil
+
+    from itkd_cli.recipe import load_recipe
+
+    folder = tmp_path / "segments"
+    folder.mkdir()
+    for name in ("a.tfrecord", "b.tfrecord"):
+        shutil.copy(segment[0], folder / name)
+    seen = []
+    monkeypatch.setattr(waymo_eval, "predict_frames",
+                        lambda model, cfg, names, frame_dir, index, progress: seen.append(len(index)) or
+                        [Detections(torch.zeros(0, 9), torch.zeros(0), torch.zeros(0, dtype=torch.long))] * len(index))
+    metrics = waymo_eval.evaluate_waymo(load_recipe("centerpoint-pillar-waymo"), torch.nn.Linear(1, 1), folder,
+                                        tmp_path / "ev", max_frames=3)
+    assert seen == [2, 1] and metrics["tfrecords_read"] == 2
+    assert metrics["frames"] == 2  # distinct (segment, timestamp) keys: b.tfrecord repeats a.tfrecord's
+    assert metrics["ground_truths"] == 9 and metrics["predictions"] == 0 and metrics["mAP_L1"] == 0.0
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["metrics.json", "predictions_waymo.npz",
+                                                                   "waymo_metrics_raw.json"]
+
+
 def _tool_reusing(folder: Path):
     """run_tool, except that `frames` copies the frames already read (one TFRecord read per module)."""
     import shutil
