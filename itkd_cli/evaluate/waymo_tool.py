@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+from typing import NoReturn
 
 import numpy as np
 
@@ -24,7 +25,7 @@ IOU_BY_TYPE = (0.0, 0.7, 0.5, 0.5, 0.5)  # UNKNOWN, VEHICLE, PEDESTRIAN, SIGN, C
 LEVEL_2_MAX_POINTS = 5  # unlabelled difficulty: LEVEL_2 when the box holds <= 5 lidar points
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
     print(f"waymo_tool: {msg}", file=sys.stderr)
     sys.exit(2)
 
