@@ -80,8 +80,8 @@ def summarize(raw: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, A
     """Per-class mAP / mAPH at LEVEL_1 / LEVEL_2 from the breakdown rows, and their means over classes
     (the leaderboard's headline is mAPH L2 averaged over its classes)."""
     per_class = {}
+    rows = raw["breakdowns"]
     for name in class_names:
-        rows = raw["breakdowns"]
         key = f"OBJECT_TYPE_TYPE_{name.upper()}_LEVEL_"
         per_class[name] = {f"{m}_{lv}": rows[f"{key}{i}"][m] for i, lv in enumerate(LEVELS, 1) for m in ("mAP", "mAPH")}
     means = {k: float(np.mean([row[k] for row in per_class.values()])) for k in next(iter(per_class.values()))}
@@ -97,11 +97,11 @@ def _metrics(pred: Path, gt: Path, out_dir: Path, class_names: Sequence[str]) ->
 
 def score_objects(pred_bin: Union[str, Path], gt_bin: Union[str, Path], out_dir: Union[str, Path]) -> dict[str, Any]:
     """Score official Objects files (a submission and its ground truth) with the official config."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     for path in (pred_bin, gt_bin):
         if not Path(path).is_file():
             raise ItkdError(f"{path}: file not found", hint="pass Waymo Objects .bin files (metrics_pb2.Objects)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         pred, gt = Path(tmp) / "pred.npz", Path(tmp) / "gt.npz"
         run_tool("objects", pred_bin, pred)

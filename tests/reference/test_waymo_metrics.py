@@ -220,3 +220,10 @@ def test_eval_cli_user_errors(tmp_path: Path, cli, waymo_python: Path) -> None:
     assert "Traceback" not in res.output and not (tmp_path / "ev" / "metrics.json").exists()
     res = cli("eval", "--dataset", "waymo", "-c", tmp_path / "x.pth", "--split", "val")
     assert res.exit_code == 2 and "--version/--split: nuScenes only" in res.output
+
+
+def test_a_file_that_is_not_a_tfrecord(tmp_path: Path, waymo_python: Path) -> None:
+    bad = tmp_path / "bad.tfrecord"
+    bad.write_bytes(b"not a tfrecord at all" * 20)
+    with pytest.raises(ItkdError, match="bad.tfrecord: not a readable TFRecord of Waymo frames"):
+        waymo_eval.run_tool("frames", tmp_path / "out", bad)

@@ -77,3 +77,25 @@ def test_builtin_split_on_custom_version(tmp_path: Path, checkpoint: Path) -> No
         check_split(FakeNusc(), "val")
     with pytest.raises(ItkdError, match="not found"):
         check_split(FakeNusc(), "synth_val")
+
+
+def test_waymo_objects_file_missing(tmp_path: Path) -> None:
+    res = _run("--dataset", "waymo", "--predictions", str(tmp_path / "p.bin"), "--ground-truth",
+               str(tmp_path / "g.bin"), "--out", str(tmp_path / "ev"))
+    assert res.exit_code == 2 and "p.bin: file not found" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "ev").exists()
+
+
+def test_waymo_rejects_a_checkpoint_of_other_classes(tmp_path: Path, checkpoint: Path) -> None:
+    res = _run("--dataset", "waymo", "--checkpoint", str(checkpoint), "--data-root", str(tmp_path))
+    assert res.exit_code == 2 and "dataset.class_names: 'car'" in res.output and "not a Waymo object type" in res.output
+
+
+def test_waymo_data_root_without_tfrecords(tmp_path: Path) -> None:
+    from itkd_cli.core.errors import ItkdError
+    from itkd_cli.evaluate.waymo_eval import tfrecord_files
+
+    with pytest.raises(ItkdError, match="no Waymo .tfrecord file here"):
+        tfrecord_files(tmp_path)
+    (tmp_path / "a.tfrecord").write_bytes(b"")
+    assert tfrecord_files(tmp_path) == [tmp_path / "a.tfrecord"]
