@@ -49,15 +49,18 @@ def prepare(recipe: str = RecipeOpt, overrides: List[str] = SetOpt, json_out: bo
 def inspect(
     dataset: str = typer.Option("nuscenes", "--dataset", help="Dataset format (only nuscenes)."),
     data_root: Path = typer.Option(..., "--data-root", help="Dataset root folder."),
-    version: str = typer.Option(..., "--version", help="Version folder, e.g. v1.0-mini."),
+    version: Optional[str] = typer.Option(None, "--version",
+                                          help="Version folder, e.g. v1.0-mini (default: the only one under --data-root)."),
     split: Optional[str] = typer.Option(None, "--split", help="Split name (default: every sample)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Frames, boxes per class, and points found in each box vs the table's num_lidar_pts."""
+    from itkd_cli.data.infos import only_version
     from itkd_cli.data.inspect import inspect_dataset
 
     if dataset != "nuscenes":
         raise ItkdError(f"--dataset: {dataset!r} is not supported (only nuscenes)")
+    version = version or only_version(data_root)
     result = inspect_dataset(data_root, version, split)
     if json_out:
         emit_json(result)

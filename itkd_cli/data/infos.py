@@ -33,8 +33,10 @@ def open_nuscenes(root: str | Path, version: str) -> Any:
 
     table_dir = Path(root) / version
     if not table_dir.is_dir():
+        found = version_folders(root)
+        where = f"{root} holds {', '.join(found)}" if found else f"{root} holds no folder with a sample.json"
         raise ItkdError(f"{table_dir}: nuScenes version folder not found",
-                        hint="check dataset.root / dataset.version (or --data-root / --version)")
+                        hint=f"{where}; check dataset.root / dataset.version (or --data-root / --version)")
     missing = [t for t in TABLES if not (table_dir / f"{t}.json").is_file()]
     if missing:
         raise ItkdError(f"{table_dir}: missing nuScenes tables: {', '.join(t + '.json' for t in missing)}")
@@ -43,6 +45,29 @@ def open_nuscenes(root: str | Path, version: str) -> Any:
             return NuScenes(version=version, dataroot=str(root), verbose=False)
     except (AssertionError, KeyError, ValueError, TypeError, IndexError, OSError) as exc:
         raise ItkdError(f"{table_dir}: the devkit cannot load these tables ({type(exc).__name__}: {exc})") from None
+
+
+def version_folders(root: str | Path) -> list[str]:
+    """Names of the folders under ``root`` that hold nuScenes tables (a sample.json), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if (d / "sample.json").is_file())
+
+
+def only_version(root: str | Path) -> str:
+    """The one version folder under ``root`` (for commands whose --version is optional).
+
+    Raises:
+        ItkdError: ``root`` is missing, or holds no version folder or several.
+    """
+    if not Path(root).is_dir():
+        raise ItkdError(f"--data-root {root}: folder not found")
+    found = version_folders(root)
+    if len(found) != 1:
+        what = f"several version folders ({', '.join(found)})" if found else "no version folder (with a sample.json)"
+        raise ItkdError(f"--data-root {root}: {what}", hint="name one with --version")
+    return found[0]
 
 
 def get_record(nusc: Any, table: str, token: str, context: str) -> dict:

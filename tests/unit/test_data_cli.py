@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -60,9 +61,26 @@ def test_inspect_counts_points_in_boxes(world):
     assert table.exit_code == 0 and "(as trained) 6/6 exact" in table.output.replace("\n", " ")
 
 
+def test_inspect_finds_the_only_version_folder(world):
+    res = runner.invoke(app, ["data", "inspect", "--data-root", str(world), "--split", "tiny_train", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["frames"] == 2
+
+
+def test_inspect_without_version_lists_the_candidates(world, tmp_path):
+    shutil.copytree(world / VERSION, world / "v1.0-copy")
+    res = runner.invoke(app, ["data", "inspect", "--data-root", str(world)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"several version folders (v1.0-copy, {VERSION})" in res.output and "--version" in res.output
+    res = runner.invoke(app, ["data", "inspect", "--data-root", str(tmp_path)])
+    assert res.exit_code == 2 and "no version folder" in res.output
+    res = runner.invoke(app, ["data", "inspect", "--data-root", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "folder not found" in res.output
+
+
 @pytest.mark.parametrize("args,message", [
     (["--split", "nope"], "split 'nope': unknown"),
-    (["--version", "v9"], "nuScenes version folder not found"),
+    (["--version", "v9"], f"nuScenes version folder not found\nhint: {{root}} holds {VERSION};"),
     (["--dataset", "kitti"], "--dataset: 'kitti' is not supported"),
 ])
 def test_inspect_user_errors_are_one_line(world, args, message):
@@ -71,7 +89,7 @@ def test_inspect_user_errors_are_one_line(world, args, message):
         base[flag] = value
     res = runner.invoke(app, ["data", "inspect", *[x for kv in base.items() for x in kv]])
     assert res.exit_code == 2
-    assert message in res.output and "Traceback" not in res.output
+    assert message.format(root=world) in res.output and "Traceback" not in res.output
     assert res.output.splitlines()[0].startswith("error:")
 
 
