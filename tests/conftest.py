@@ -42,3 +42,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture()
+def torchrun():
+    """Run `torchrun --standalone --nproc_per_node=N -m itkd_cli ARGS` on the CPU (gloo); returns the
+    CompletedProcess (stdout, stderr as text)."""
+    import os
+    import subprocess
+    import sys
+
+    def run(nproc: int, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess:
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "itkd_cli", *[str(a) for a in args]]
+        return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+    return run

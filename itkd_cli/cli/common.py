@@ -16,7 +16,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Progress, tables and messages go to stderr so that stdout stays clean for --json.
 console = Console(stderr=True)
-STATE = {"quiet": False}
+STATE = {"quiet": False, "rank": 0}  # rank: this process under torchrun (0 alone)
 
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
 SetOpt = typer.Option([], "--set", help="Override a recipe field: key.path=value (repeatable).")

@@ -26,7 +26,10 @@ def compress_command(
     overrides: List[str] = SetOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Distil a student from --teacher; writes student.pth, report.md/json and curves.png to --out."""
+    """Distil a student from --teacher; writes student.pth, report.md/json and curves.png to --out.
+
+    Several GPUs: torchrun --nproc_per_node=N -m itkd_cli ... (train.batch_size is per process).
+    """
     from itkd_cli.core.errors import ItkdError
     from itkd_cli.pipeline.compress import compress, compress_recipe
 
@@ -35,6 +38,8 @@ def compress_command(
     rec = compress_recipe(teacher, recipe, overrides, ratio, policy, method)
     result = compress(rec, teacher, out, resume=resume, quiet=STATE["quiet"] or json_out,
                       max_eval_frames=max_eval_frames, log=say)
+    if result is None:  # a torchrun process other than rank 0: rank 0 reports
+        return
     if json_out:
         emit_json(result.report | {"report_md": str(result.report_md), "report_json": str(result.report_json)})
         return

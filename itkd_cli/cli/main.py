@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
 from typing import Optional
 
 import typer
 
 from itkd_cli import __version__
-from itkd_cli.cli.common import STATE
+from itkd_cli.cli.common import STATE, report_error
+from itkd_cli.core.errors import ItkdError
 
 # spconv/cumm decorate with torch.cuda.amp APIs that torch deprecates: 8 warnings per process, not ours.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"(spconv|cumm)(\.|$)")
@@ -37,6 +39,10 @@ COMMAND_MODULES: list[tuple[str, Optional[str]]] = [
 ]
 
 
+# Commands that train, and so can run as N data-parallel processes under torchrun.
+MULTI_PROCESS = ("train", "compress")
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"itkd {__version__}")
@@ -45,11 +51,20 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
+    ctx: typer.Context,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and results."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
     """itkd: teacher checkpoint in, 1/4-width student out, judged by the official metrics."""
     STATE["quiet"] = quiet
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # started by torchrun
+        STATE["rank"] = int(os.environ.get("RANK", "0") or 0)
+        STATE["quiet"] = quiet or STATE["rank"] > 0  # one process speaks
+        if ctx.invoked_subcommand not in MULTI_PROCESS:
+            report_error(ItkdError(f"itkd {ctx.invoked_subcommand}: runs in one process; only "
+                                   f"{' and '.join(MULTI_PROCESS)} run under torchrun",
+                                   hint=f"run `itkd {ctx.invoked_subcommand} ...` without torchrun"))
+            raise typer.Exit(2)
 
 
 for module_name, group in COMMAND_MODULES:
@@ -62,7 +77,7 @@ for module_name, group in COMMAND_MODULES:
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    app(prog_name="itkd")
 
 
 if __name__ == "__main__":

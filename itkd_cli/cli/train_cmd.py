@@ -25,7 +25,10 @@ def train_command(
     overrides: List[str] = SetOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Train the recipe's detector (the teacher); writes last.pth, metrics.jsonl and tb/ in the run folder."""
+    """Train the recipe's detector (the teacher); writes last.pth, metrics.jsonl and tb/ in the run folder.
+
+    Several GPUs: torchrun --nproc_per_node=N -m itkd_cli ... (train.batch_size is per process).
+    """
     from itkd_cli.train.train import train
 
     if resume is not None and init_from is not None:
@@ -42,6 +45,8 @@ def train_command(
             say(f"stopped: {out / 'last.pth'} holds the last completed step; continue with "
                 f"`itkd train --resume {out}`")
         raise
+    if STATE["rank"] > 0:  # a torchrun process other than rank 0: rank 0 reports
+        return
     if json_out:
         emit_json({"checkpoint": str(last), "out": str(out), "metrics": str(out / "metrics.jsonl")})
     else:

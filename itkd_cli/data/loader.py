@@ -56,12 +56,22 @@ class EpochSampler(Sampler):
     The order is a permutation seeded by (seed, epoch) when shuffling. Passing the epoch with the index
     keeps augmentation a function of (seed, epoch, index) even in persistent workers.
 
+    With ``world`` > 1 (data-parallel training) every process draws the same permutation and takes
+    every world-th index from position ``rank``; the permutation is padded with its own head to a
+    multiple of ``world`` (as torch's DistributedSampler does) so that every process runs the same
+    number of steps, which DDP's collectives require.
+
     Args:
         length: dataset size. shuffle: permute each epoch. seed: base seed. start_epoch: first epoch.
+        rank: this process's index, world: number of processes (1: the whole permutation).
     """
 
-    def __init__(self, length: int, shuffle: bool, seed: int, start_epoch: int = 0) -> None:
+    def __init__(self, length: int, shuffle: bool, seed: int, start_epoch: int = 0, rank: int = 0,
+                 world: int = 1) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside a world of {world}")
         self.length, self.shuffle, self.seed, self.epoch = length, shuffle, seed, start_epoch
+        self.rank, self.world = rank, world
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch, self.epoch = self.epoch, self.epoch + 1
@@ -70,10 +80,12 @@ class EpochSampler(Sampler):
             order = rng.permutation(self.length)
         else:
             order = np.arange(self.length)
+        if self.world > 1:
+            order = np.resize(order, len(self) * self.world)[self.rank::self.world]  # resize repeats the head
         return iter([(epoch, int(i)) for i in order])
 
     def __len__(self) -> int:
-        return self.length
+        return -(-self.length // self.world)
 
 
 def _seed_worker(worker_id: int, seed: int) -> None:
@@ -84,13 +96,14 @@ def _seed_worker(worker_id: int, seed: int) -> None:
 
 
 def build_loader(recipe: Recipe, split: str, train: bool, batch_size: int, shuffle: bool, seed: int,
-                 start_epoch: int = 0) -> DataLoader:
+                 start_epoch: int = 0, rank: int = 0, world: int = 1) -> DataLoader:
     """A DataLoader of Batch over one split.
 
     Args:
         recipe: dataset/model settings; workers = recipe.dataset.workers (persistent when > 0).
         split: split name. train: augment + training filters. batch_size: frames per batch.
         shuffle: permute per epoch. seed: order and worker seed. start_epoch: epoch of the first pass.
+        rank, world: this process's share of each epoch in data-parallel training (see EpochSampler).
 
     Returns:
         DataLoader whose items are Batch; its ``dataset`` is the NuScenesDataset.
@@ -100,7 +113,7 @@ def build_loader(recipe: Recipe, split: str, train: bool, batch_size: int, shuff
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), shuffle, seed, start_epoch),
+        sampler=EpochSampler(len(dataset), shuffle, seed, start_epoch, rank, world),
         collate_fn=functools.partial(collate, recipe=recipe),
         num_workers=workers,
         persistent_workers=workers > 0,

@@ -26,6 +26,7 @@ from itkd_cli.pipeline.report import plot_curves, write_report
 from itkd_cli.pipeline.teacher_student import Pair, build_pair, resolve_recipe, student_recipe
 from itkd_cli.recipe.load import apply_overrides, validate
 from itkd_cli.recipe.schema import Recipe
+from itkd_cli.train import distributed
 from itkd_cli.train.loop import fit
 from itkd_cli.train.loss import centerpoint_loss
 
@@ -128,8 +129,13 @@ def _teacher_metrics(recipe: Recipe, model: torch.nn.Module, teacher: Path, out_
 
 
 def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = False, quiet: bool = False,
-             max_eval_frames: Optional[int] = None, log: Callable[[str], None] = print) -> CompressResult:
+             max_eval_frames: Optional[int] = None,
+             log: Callable[[str], None] = print) -> Optional[CompressResult]:
     """Distil a student from ``teacher`` as ``recipe`` says and evaluate both.
+
+    Under torchrun every process distils on its share of the data (student and KD modules in DDP, the
+    frozen teacher replicated); rank 0 then writes the student, evaluates and reports, and is the only
+    one to return a result (the others return None).
 
     Args:
         recipe: resolved recipe (model = the teacher's architecture; student/distill sections apply).
@@ -141,22 +147,29 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
         log: status line printer.
     """
     out_dir = Path(out_dir)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    distributed.setup()
+    device = distributed.default_device()
     pair, kd, label_kd = build_distillation(recipe, teacher, device)
     log(f"teacher {teacher} ({pair.load_report.format}, spconv layout {pair.load_report.layout or 'n/a'}) "
         f"-> {recipe.distill.method} student, ratio {recipe.student.ratio}, policy {recipe.student.policy}, "
         f"{'initialised from the teacher' if recipe.student.init_from_teacher else 'random init'}")
     loader = build_loader(recipe, recipe.dataset.train_split, train=True, batch_size=recipe.train.batch_size,
-                          shuffle=True, seed=recipe.train.seed)
+                          shuffle=True, seed=recipe.train.seed, rank=distributed.rank(),
+                          world=distributed.world_size())
     s_recipe = student_recipe(recipe, pair.student_cfg)
     train_dir = out_dir / "train"
     last = train_dir / "last.pth"
     if resume and not last.is_file():
         raise ItkdError(f"--resume: {last}: no interrupted run to continue", hint="drop --resume to start a new run")
-    step_fn = distill_step_fn(pair, kd, partial(kd_lambda, recipe.distill), label_kd, recipe.distill.kd_warmup)
+    # The step runs the DDP wrappers (gradient averaging); checkpoints keep the bare modules.
+    step_pair = pair._replace(student=distributed.wrap(pair.student))
+    step_fn = distill_step_fn(step_pair, distributed.wrap(kd, some_unused=True), partial(kd_lambda, recipe.distill),
+                              label_kd, recipe.distill.kd_warmup)
     done = fit(pair.student, step_fn, loader, recipe.train,
                train_dir, s_recipe.model_dump(mode="json"), "student", aux={"kd": kd},
                resume=last if resume else None, quiet=quiet, device=device)
+    if not distributed.is_main():
+        return None
     student_ckpt = save_checkpoint(out_dir / STUDENT, pair.student, s_recipe, "student",
                                    epoch=done.epoch, step=done.step)
     log(f"wrote {student_ckpt} (student only: no teacher, no KD modules)")

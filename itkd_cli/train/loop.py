@@ -3,11 +3,16 @@
 Exact resume: each epoch reseeds every RNG and the loader's shuffle generator from (seed, epoch),
 so an epoch replays identically; a mid-epoch checkpoint also stores the RNG states, and resuming
 skips the batches already consumed, then restores them.
+
+Under torchrun (``train.distributed``) every process runs this loop on its share of the data; the
+callers hand in step functions over DDP-wrapped modules, losses and stop requests are agreed over
+all processes, and rank 0 alone writes checkpoints and logs and evaluates.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional
@@ -17,7 +22,8 @@ from torch import Tensor, nn
 
 from itkd_cli.core.errors import ItkdError, JobFailed
 from itkd_cli.recipe.schema import TrainConfig
-from itkd_cli.train.metrics_log import MetricsLogger, TrainProgress
+from itkd_cli.train import distributed
+from itkd_cli.train.metrics_log import MetricsLogger, NullLogger, TrainProgress
 from itkd_cli.train.optim import build_optimizer, build_scheduler, clip_gradients, trainable_parameters
 from itkd_cli.train.state import (
     capture_rng, epoch_seed, load_checkpoint_dict, load_weights, make_checkpoint, restore_rng,
@@ -61,7 +67,7 @@ def check_writable(out_dir: Path) -> None:
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".itkd_write_probe"
+        probe = out_dir / f".itkd_write_probe_{os.getpid()}"  # one per process under torchrun
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
@@ -140,7 +146,10 @@ def train_step(run: TrainRun, step_fn: StepFn, batch: Any, cfg: TrainConfig, ste
     batch = to_device(batch, run.device)
     with torch.autocast(run.device.type, enabled=run.amp):
         loss, logs = step_fn(batch, (step - 1) / run.scheduler.total_steps)
-    value = float(loss.detach())
+    # Averaged over the processes (one collective): every rank then agrees on stopping for a NaN.
+    names = list(logs)
+    value, *means = distributed.mean_over_ranks([loss.detach(), *(logs[k] for k in names)], run.device)
+    logs = dict(zip(names, means))
     kept = f"last good checkpoint kept: {last}" if last.is_file() else "no checkpoint written yet"
     if not math.isfinite(value):
         raise JobFailed(f"step {step}: loss is {value}; training stopped ({kept})",
@@ -156,7 +165,6 @@ def train_step(run: TrainRun, step_fn: StepFn, batch: Any, cfg: TrainConfig, ste
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
-    logs = {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in logs.items()}
     return value, {"loss": value, **logs, "grad_norm": float(norm)}
 
 
@@ -202,7 +210,8 @@ def fit(model: nn.Module, step_fn: StepFn, loader: Iterable, cfg: TrainConfig, o
     """
     out_dir, aux = Path(out_dir), dict(aux or {})
     check_writable(out_dir)
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or distributed.default_device()
+    main = distributed.is_main()
     spe = len(loader)  # type: ignore[arg-type]
     if spe == 0:
         raise ItkdError(f"train.batch_size: {cfg.batch_size} leaves no batch in the training split")
@@ -213,9 +222,11 @@ def fit(model: nn.Module, step_fn: StepFn, loader: Iterable, cfg: TrainConfig, o
         ckpt = _restore(run, model, aux, Path(resume))
         step, rng = int(ckpt["step"]), ckpt.get("rng")
     stop_at = min(total, cfg.max_steps) if cfg.max_steps else total
-    logger = MetricsLogger(out_dir, resume_step=step if resume is not None else None)
+    logger = MetricsLogger(out_dir, resume_step=step if resume is not None else None) if main else NullLogger()
 
     def save(epoch_done: int, metrics: Optional[dict] = None) -> Path:
+        if not main:
+            return last
         ckpt = make_checkpoint(model, recipe, role, epoch_done, step, run.optimizer, run.scheduler,
                                capture_rng(), metrics, aux)
         if run.amp:
@@ -226,34 +237,36 @@ def fit(model: nn.Module, step_fn: StepFn, loader: Iterable, cfg: TrainConfig, o
 
     for m in run.modules:
         m.train()
-    guard = StopGuard()
-    with guard, logger, TrainProgress(stop_at, step, quiet) as bar:
+    guard, stop = StopGuard(), False
+    with guard, logger, TrainProgress(stop_at, step, quiet or not main) as bar:
         for epoch in range(step // spe, cfg.epochs):
-            if step >= stop_at or guard.requested:
+            if step >= stop_at or stop:
                 break
             batches = _epoch_batches(loader, cfg.seed, epoch, step - epoch * spe, rng)
             t0, since = time.perf_counter(), 0
-            while step < stop_at and not guard.requested:
+            while step < stop_at and not stop:
                 batch = guard.fetch(batches)
                 if batch is None:
                     break
+                lr = run.scheduler.get_last_lr()[0]  # the rate this step uses (the scheduler moves on inside)
                 loss, logs = train_step(run, step_fn, batch, cfg, step + 1, last)
                 step, since = step + 1, since + 1
+                stop = distributed.any_rank(guard.requested, device)  # all processes stop after the same step
                 _count_step(model, step)
-                lr = run.scheduler.get_last_lr()[0]
                 bar.advance(loss)
                 if step % cfg.log_every == 0 or step == stop_at:
                     logger.log_step(step, epoch, lr, logs, (time.perf_counter() - t0) / since)
                     t0, since = time.perf_counter(), 0
             epoch_done = step // spe
             save(epoch_done)  # also after Ctrl-C or max_steps: the last completed step is kept
-            if epoch_done == epoch + 1 and eval_fn is not None and _eval_due(cfg, epoch_done, step >= total):
+            if main and epoch_done == epoch + 1 and eval_fn is not None and _eval_due(cfg, epoch_done, step >= total):
                 metrics = eval_fn(last, epoch_done)
                 logger.log_eval(step, epoch_done, metrics)
                 save(epoch_done, metrics)
                 for m in run.modules:  # an in-memory evaluator may have switched to eval mode
                     m.train()
-    if guard.requested:
+            distributed.barrier()  # the others wait for rank 0's checkpoint and evaluation
+    if stop:
         raise KeyboardInterrupt
     return FitResult(last, step // spe, step)
 

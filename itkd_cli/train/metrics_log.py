@@ -70,6 +70,22 @@ class MetricsLogger:
                 self._writer.add_scalar(f"eval/{name}", value, step)
 
 
+class NullLogger:
+    """MetricsLogger's interface, writing nothing: the logger of every process but rank 0 under torchrun."""
+
+    def __enter__(self) -> "NullLogger":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def log_step(self, step: int, epoch: int, lr: float, logs: dict[str, float], sec_per_step: float) -> None:
+        pass
+
+    def log_eval(self, step: int, epoch: int, metrics: dict[str, Any]) -> None:
+        pass
+
+
 class TrainProgress:
     """A rich progress bar on stderr with the running loss and the ETA (nothing when quiet)."""
 

@@ -12,6 +12,7 @@ from itkd_cli.core.io import write_text
 from itkd_cli.core.types import Batch
 from itkd_cli.recipe.load import dump_yaml
 from itkd_cli.recipe.schema import Recipe
+from itkd_cli.train import distributed
 from itkd_cli.train.loop import LAST, EvalFn, FitResult, check_writable, fit
 from itkd_cli.train.loss import centerpoint_loss
 from itkd_cli.train.state import seed_everything
@@ -58,8 +59,11 @@ def train(recipe: Recipe, out_dir: Path, resume: Optional[Path] = None, init_fro
         init_from: checkpoint whose weights initialise the model (any supported format; no optimiser).
         quiet: no progress bar.
         eval_fn: eval_fn(checkpoint, epoch) -> metrics, every train.eval_every epochs and at the end.
-        device: default CUDA when available.
+        device: default CUDA when available (cuda:LOCAL_RANK under torchrun).
         keep_epochs: also keep epoch_N.pth after each completed epoch.
+
+    Under torchrun each process trains on its share of every epoch (``train.distributed``); rank 0
+    writes the checkpoints, logs and evaluations.
 
     Returns:
         Path of the last checkpoint.
@@ -78,16 +82,18 @@ def train(recipe: Recipe, out_dir: Path, resume: Optional[Path] = None, init_fro
     check_writable(out_dir)
     check_dataset(recipe)
     resume_ckpt = resolve_resume(resume) if resume is not None else None
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    distributed.setup()
+    device = device or distributed.default_device()
     seed_everything(recipe.train.seed)  # model init is part of the run's reproducibility
     model = build_model(recipe.model).to(device)
     if init_from is not None:
         load_into(model, init_from, strict=True)
     cfg = recipe.train
     loader = build_loader(recipe, recipe.dataset.train_split, train=True, batch_size=cfg.batch_size,
-                          shuffle=True, seed=cfg.seed)
-    write_text(out_dir / "recipe.yaml", dump_yaml(recipe))
-    result: FitResult = fit(model, detector_step(model, recipe), loader, cfg, out_dir,
+                          shuffle=True, seed=cfg.seed, rank=distributed.rank(), world=distributed.world_size())
+    if distributed.is_main():
+        write_text(out_dir / "recipe.yaml", dump_yaml(recipe))
+    result: FitResult = fit(model, detector_step(distributed.wrap(model), recipe), loader, cfg, out_dir,
                             recipe.model_dump(mode="json"), "teacher", resume=resume_ckpt, eval_fn=eval_fn,
                             quiet=quiet, device=device, keep_epochs=keep_epochs)
     return result.last

@@ -122,6 +122,20 @@ def test_compress_end_to_end(cli, world, teacher, tmp_path, ratio, method, polic
 
 
 @pytest.mark.slow
+def test_compress_under_torchrun(torchrun, world, teacher, tmp_path):
+    """Two data-parallel processes (gloo): one report, one student, a log written by rank 0 alone."""
+    out = tmp_path / "ddp"
+    proc = torchrun(2, "--quiet", "compress", "--teacher", teacher, "--out", out, "--json", "--ratio", "0.25",
+                    "--method", "itkd", *_sets(f"dataset.root={world}", "train.max_steps=2", "train.batch_size=1",
+                                               "dataset.workers=0", "train.log_every=1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["student_checkpoint"] == str(out / "student.pth")  # one JSON: rank 0's
+    _check_run(out, teacher, 0.25, "neck", "itkd")
+    steps = [json.loads(line)["step"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[:2] == [1, 2] and len(steps) == len(set(steps))
+
+
+@pytest.mark.slow
 def test_compress_never_changes_the_teacher(cli, world, teacher, tmp_path, monkeypatch):
     """Neither the teacher file nor any teacher tensor (weights, BN running stats) changes during KD."""
     import itkd_cli.pipeline.compress as mod

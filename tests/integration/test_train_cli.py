@@ -66,6 +66,25 @@ def test_full_run_evaluates_at_the_end(world, tmp_path):
     assert (run / "eval" / "epoch_1").is_dir()
 
 
+@pytest.mark.slow
+def test_train_under_torchrun(torchrun, world, tmp_path):
+    """Two processes share each epoch (half the steps of one process at the same batch size); rank 0 writes."""
+    run = tmp_path / "ddp"
+    common = _sets(f"dataset.root={world}", *SMALL_MODEL, "train.epochs=2", "train.batch_size=1")
+    proc = torchrun(2, "--quiet", "train", "--recipe", "synth-pillar", "--out", run, "--json", "--no-eval", *common)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["checkpoint"] == str(run / "last.pth")  # one JSON document: rank 0's
+    ckpt = torch.load(run / "last.pth", weights_only=True)
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert ckpt["epoch"] == 2 and steps == list(range(1, ckpt["step"] + 1))
+    alone = tmp_path / "alone"
+    result = CliRunner().invoke(app, ["--quiet", "train", "--recipe", "synth-pillar", "--out", str(alone), "--json",
+                                      "--no-eval", *common])
+    assert result.exit_code == 0, result.output
+    frames = torch.load(alone / "last.pth", weights_only=True)["step"] // 2  # batch 1, 2 epochs
+    assert ckpt["step"] == 2 * -(-frames // 2)  # each process: half of every epoch, rounded up
+
+
 def test_missing_dataset_is_a_user_error(tmp_path):
     result = CliRunner().invoke(app, ["train", "--recipe", "synth-pillar", "--out", str(tmp_path / "run"),
                                       *_sets(f"dataset.root={tmp_path / 'none'}")])

@@ -82,3 +82,20 @@ def test_loader_same_batches_with_and_without_workers(world):
     for a, b in zip(*runs):
         assert_same(a, b)
     assert runs[0][0].tokens != runs[0][2].tokens or not torch.equal(runs[0][0].gt_boxes, runs[0][2].gt_boxes)
+
+
+@pytest.mark.parametrize("length,world", [(10, 2), (11, 2), (7, 3), (2, 4)])
+def test_epoch_sampler_shares_an_epoch_between_processes(length, world):
+    whole = [i for _, i in EpochSampler(length, shuffle=True, seed=5)]
+    shares = [list(EpochSampler(length, shuffle=True, seed=5, rank=r, world=world)) for r in range(world)]
+    n = -(-length // world)
+    assert all(len(s) == n for s in shares)  # equal step counts: DDP's collectives must line up
+    padded = (whole * world)[:n * world]  # the permutation, padded with its own head
+    for r, share in enumerate(shares):
+        assert [i for _, i in share] == padded[r::world] and {e for e, _ in share} == {0}
+    assert sorted({i for s in shares for _, i in s}) == list(range(length))  # every frame is seen
+
+
+def test_epoch_sampler_rejects_a_rank_outside_the_world():
+    with pytest.raises(ValueError, match="rank 2 outside a world of 2"):
+        EpochSampler(4, shuffle=False, seed=0, rank=2, world=2)

@@ -180,3 +180,16 @@ def test_resume_with_another_schedule_is_refused(tmp_path):
     _run(tmp_path, _cfg(max_steps=2))
     with pytest.raises(ItkdError, match="schedule has 12 steps, this run 20"):
         _run(tmp_path, _cfg(epochs=5), resume=tmp_path / "last.pth")
+
+
+def test_logged_lr_is_the_rate_each_step_used(tmp_path):
+    """One-cycle over 12 steps: step 1 runs at lr / div_factor, the peak comes near pct_start, and the
+    rate falls to the last step (the old log showed the rate the scheduler would give a 13th step)."""
+    cfg = _cfg()
+    _run(tmp_path / "a", cfg)
+    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "a" / "metrics.jsonl").read_text().splitlines())]
+    assert lrs[0] == pytest.approx(cfg.lr / cfg.div_factor)
+    peak = lrs.index(max(lrs))
+    assert max(lrs) > 0.99 * cfg.lr and peak in (3, 4)  # pct_start 0.4 of 12 steps
+    after = lrs[peak:]
+    assert all(a > b for a, b in zip(after, after[1:])) and lrs[-1] < cfg.lr / cfg.div_factor  # no wrap-around
