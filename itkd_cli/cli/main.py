@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 import warnings
 from typing import Optional
 
@@ -12,6 +11,7 @@ import typer
 from itkd_cli import __version__
 from itkd_cli.cli.common import STATE, report_error
 from itkd_cli.core.errors import ItkdError
+from itkd_cli.core.torchrun import env_int, env_world_size
 
 # spconv/cumm decorate with torch.cuda.amp APIs that torch deprecates: 8 warnings per process, not ours.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"(spconv|cumm)(\.|$)")
@@ -57,14 +57,22 @@ def root(
 ) -> None:
     """itkd: teacher checkpoint in, 1/4-width student out, judged by the official metrics."""
     STATE["quiet"] = quiet
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # started by torchrun
-        STATE["rank"] = int(os.environ.get("RANK", "0") or 0)
-        STATE["quiet"] = quiet or STATE["rank"] > 0  # one process speaks
-        if ctx.invoked_subcommand not in MULTI_PROCESS:
-            report_error(ItkdError(f"itkd {ctx.invoked_subcommand}: runs in one process; only "
-                                   f"{' and '.join(MULTI_PROCESS)} run under torchrun",
-                                   hint=f"run `itkd {ctx.invoked_subcommand} ...` without torchrun"))
-            raise typer.Exit(2)
+    try:
+        _torchrun_state(ctx.invoked_subcommand, quiet)
+    except ItkdError as exc:  # the callback runs outside the commands' handle_errors
+        report_error(exc)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def _torchrun_state(command: Optional[str], quiet: bool) -> None:
+    """Under torchrun (WORLD_SIZE > 1): note the rank, let one process speak, refuse non-training commands."""
+    if env_world_size() <= 1:
+        return
+    STATE["rank"] = env_int("RANK", 0)
+    STATE["quiet"] = quiet or STATE["rank"] > 0
+    if command not in MULTI_PROCESS:
+        raise ItkdError(f"itkd {command}: runs in one process; only {' and '.join(MULTI_PROCESS)} run under "
+                        "torchrun", hint=f"run `itkd {command} ...` without torchrun")
 
 
 for module_name, group in COMMAND_MODULES:

@@ -22,19 +22,11 @@ import torch.distributed as dist
 from torch import nn
 
 from itkd_cli.core.errors import ItkdError
+from itkd_cli.core.torchrun import env_int, env_world_size
 
 # Rank 0 evaluates the val split between epochs while the others wait at a barrier: a collective
 # must outlive a full nuScenes evaluation, far longer than the default timeout.
 TIMEOUT = datetime.timedelta(hours=3)
-
-
-def env_world_size() -> int:
-    """Processes torchrun started (1 without torchrun)."""
-    raw = os.environ.get("WORLD_SIZE", "1")
-    try:
-        return int(raw)
-    except ValueError:
-        raise ItkdError(f"WORLD_SIZE: {raw!r} is not a number (set by torchrun)") from None
 
 
 def setup() -> None:
@@ -51,7 +43,7 @@ def setup() -> None:
                         hint="start multi-process runs with torchrun --nproc_per_node=N -m itkd_cli ...")
     cuda = torch.cuda.is_available()
     if cuda:
-        local = int(os.environ["LOCAL_RANK"])
+        local = env_int("LOCAL_RANK", 0)
         if local >= torch.cuda.device_count():
             raise ItkdError(f"LOCAL_RANK {local}: this machine has {torch.cuda.device_count()} GPUs",
                             hint="--nproc_per_node must not exceed the GPUs of a node")
@@ -91,7 +83,7 @@ def default_device() -> torch.device:
     """cuda:LOCAL_RANK under torchrun with GPUs, else CUDA when available, else the CPU."""
     if not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if active() else torch.cuda.current_device())
+    return torch.device("cuda", env_int("LOCAL_RANK", 0) if active() else torch.cuda.current_device())
 
 
 def wrap(module: nn.Module, some_unused: bool = False) -> nn.Module:

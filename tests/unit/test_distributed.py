@@ -148,3 +148,10 @@ def test_commands_that_do_not_train_refuse_torchrun(monkeypatch):
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert res.output.splitlines()[0] == ("error: itkd export: runs in one process; only train and compress "
                                           "run under torchrun")
+
+
+def test_a_garbage_world_size_is_one_line_at_the_cli(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "x")
+    res = CliRunner().invoke(app, ["recipe", "ls"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert res.output.splitlines()[0] == "error: WORLD_SIZE: 'x' is not a number (set by torchrun)"
