@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import gc
 import os
 from typing import Sequence
 
@@ -56,8 +57,13 @@ def setup() -> None:
 
 
 def teardown() -> None:
-    """Leave the process group (registered at exit by ``setup``)."""
+    """Leave the process group (registered at exit by ``setup``).
+
+    A DDP wrapper left in cyclic garbage (frames of a failed run) keeps the gloo group alive until
+    interpreter finalisation, where freeing it can abort the process (SIGABRT): collect it first.
+    """
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -100,11 +106,12 @@ def wrap(module: nn.Module, some_unused: bool = False) -> nn.Module:
                                                find_unused_parameters=some_unused)
 
 
-def mean_over_ranks(values: Sequence[float], device: torch.device) -> list[float]:
+def mean_over_ranks(values: Sequence[float | torch.Tensor], device: torch.device) -> list[float]:
     """Average scalars over all processes (themselves when alone): one collective for the lot."""
+    scalars = [float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for v in values]
     if not active():
-        return [float(v) for v in values]
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+        return scalars
+    t = torch.tensor(scalars, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return (t / dist.get_world_size()).tolist()
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -62,8 +62,11 @@ def _train(out: Path, rank: int, world: int, nan_at_step: int = 0) -> nn.Module:
 
 
 def _worker(rank: int, world: int, port: int, out: str, nan_at_step: int) -> None:
+    # As under torchrun, the launcher hosts the rendezvous store (TORCHELASTIC_USE_AGENT_STORE) and outlives
+    # the workers. With rank 0 as the store server, rank 0 once died of SIGABRT at exit in CI while rank 1 ran.
     os.environ.update(CUDA_VISIBLE_DEVICES="", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                      RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+                      RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      TORCHELASTIC_USE_AGENT_STORE="True")
     distributed.setup()
     result = Path(out) / f"rank{rank}.pt"
     try:
@@ -75,15 +78,10 @@ def _worker(rank: int, world: int, port: int, out: str, nan_at_step: int) -> Non
         distributed.teardown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(out: Path, world: int = 2, nan_at_step: int = 0, timeout: float = 120.0) -> list[dict]:
     """Run _worker in ``world`` processes; fail (never hang) if they do not finish in time."""
-    ctx = mp.start_processes(_worker, args=(world, _free_port(), str(out), nan_at_step), nprocs=world,
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)  # port 0: a free one
+    ctx = mp.start_processes(_worker, args=(world, store.port, str(out), nan_at_step), nprocs=world,
                              join=False, start_method="spawn")
     deadline = time.monotonic() + timeout
     while not ctx.join(timeout=1.0):
