@@ -59,8 +59,10 @@ def _torch_load(path: Path) -> Any:
             raise ItkdError(
                 f"{path}: refused: the file needs arbitrary unpickling ({found.group(1)}), which could execute "
                 "code on this machine", hint=_RESAVE_HINT) from None
-        first = text.splitlines()[0] if text else "bad pickle"
-        raise ItkdError(f"{path}: not a PyTorch checkpoint ({first})") from None
+        # torch's text advises weights_only=False, wrong for garbage: keep only the unpickler's reason
+        reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+        first = reason.group(1) if reason else (text.splitlines()[0] if text else "bad pickle")
+        raise ItkdError(f"{path}: not a PyTorch checkpoint (not a readable torch.save file: {first})") from None
     except OSError as exc:
         raise ItkdError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except (RuntimeError, EOFError, KeyError, ValueError, AttributeError, IndexError, TypeError) as exc:

@@ -118,6 +118,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind, match", [
     ("missing", "no such checkpoint file"), ("text", "not a PyTorch checkpoint"), ("empty", "not a PyTorch checkpoint"),
+    ("random-bytes", "not a PyTorch checkpoint"),
     ("resnet", "not a CenterPoint checkpoint"), ("list", "not a checkpoint"),
     ("other-dict", "not a checkpoint we know"),
     ("bad-safetensors", "not a readable safetensors"), ("folder", "is a folder")])
@@ -125,6 +126,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path, kind: str, match: str) -
     path = tmp_path / ("x.safetensors" if kind == "bad-safetensors" else "x.pth")
     if kind in ("text", "bad-safetensors"):
         path.write_text("hello, not a checkpoint\n")
+    elif kind == "random-bytes":
+        path.write_bytes(bytes(range(250, 256)) * 200)
     elif kind == "empty":
         path.write_bytes(b"")
     elif kind == "resnet":
@@ -139,6 +142,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path, kind: str, match: str) -
     with pytest.raises(ItkdError, match=match) as err:
         read_checkpoint(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert "weights_only" not in str(err.value)  # never torch's advice to unpickle an unknown file
 
 
 def test_mismatch_strict_and_non_strict(tiny, tmp_path: Path) -> None:
