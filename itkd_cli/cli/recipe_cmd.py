@@ -41,7 +41,7 @@ def show(name: str = typer.Argument(..., help="Recipe name or path."), overrides
          json_out: bool = JsonOpt) -> None:
     """Print a recipe fully resolved (after `extends:` and --set overrides)."""
     path = resolve_path(name)
-    recipe = validate(apply_overrides(load_raw(path), overrides), str(path))
+    recipe = validate(apply_overrides(load_raw(path), overrides), str(path), overrides)
     if json_out:
         emit_json(recipe.model_dump(mode="json"))
     else:

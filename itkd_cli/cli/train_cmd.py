@@ -64,7 +64,7 @@ def _recipe(name: Optional[str], resume: Optional[Path], overrides: List[str]) -
     stored = load_checkpoint_dict(ckpt).get("recipe")
     if not isinstance(stored, dict):
         raise ItkdError(f"{ckpt}: stores no recipe", hint="pass --recipe")
-    return validate(apply_overrides(stored, overrides), f"{ckpt}: recipe")
+    return validate(apply_overrides(stored, overrides), f"{ckpt}: recipe", overrides)
 
 
 def eval_hook(recipe: Recipe, out: Path) -> Callable[[Path, int], dict]:

@@ -34,6 +34,7 @@ def resolve_recipe(teacher_path: Path, recipe: Optional[str], overrides: Iterabl
             architecture stored in our teacher checkpoint.
     """
     raw = read_checkpoint(teacher_path)  # fails first on a missing/unsafe/unreadable teacher
+    overrides = list(overrides)  # read twice: applied, then named in errors
     stored = read_ours(teacher_path)[1] if raw.format == "itkd" else None
     if recipe is None:
         if stored is None:
@@ -41,9 +42,9 @@ def resolve_recipe(teacher_path: Path, recipe: Optional[str], overrides: Iterabl
                             hint="pass --recipe NAME|PATH describing the teacher (see `itkd recipe ls`)")
         data = stored.model_dump(mode="json")
         data["train"]["max_steps"] = None  # a smoke-run cap of the teacher's training is not the student's
-        return validate(apply_overrides(data, overrides), f"{teacher_path}: recipe")
+        return validate(apply_overrides(data, overrides), f"{teacher_path}: recipe", overrides)
     path = resolve_path(recipe)
-    chosen = validate(apply_overrides(load_raw(path), overrides), str(path))
+    chosen = validate(apply_overrides(load_raw(path), overrides), str(path), overrides)
     if stored is not None and stored.model != chosen.model:
         raise ItkdError(f"{path}: model section does not match the architecture stored in {teacher_path}",
                         hint="drop --recipe to use the teacher's own recipe, or pick the matching one")

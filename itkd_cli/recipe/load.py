@@ -121,8 +121,10 @@ def apply_overrides(data: dict, overrides: Iterable[str], source: str = "--set")
     return out
 
 
-def validate(data: dict, source: str) -> Recipe:
-    """Validate a merged mapping; every problem becomes ``source: field.path: message``."""
+def validate(data: dict, source: str, overrides: Iterable[str] = ()) -> Recipe:
+    """Validate a merged mapping; every problem becomes ``source: field.path: message``, or
+    ``--set KEY=VALUE: field.path: message`` when that override wrote the field (the file is not at fault)."""
+    written = {item.partition("=")[0].strip(): item for item in overrides}
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
@@ -130,15 +132,17 @@ def validate(data: dict, source: str) -> Recipe:
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"]) or "(root)"
             msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{source}: {loc}: {msg}")
+            by = next((item for key, item in written.items() if loc == key or loc.startswith(key + ".")), None)
+            problems.append(f"{source}: {loc}: {msg}" if by is None else f"--set {by}: {loc}: {msg}")
         raise RecipeError(problems) from None
 
 
 def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     """Load, merge, override and validate a recipe."""
     path = resolve_path(name_or_path)
+    overrides = list(overrides)
     data = apply_overrides(load_raw(path), overrides)
-    return validate(data, str(path))
+    return validate(data, str(path), overrides)
 
 
 def recipe_from_dict(data: dict[str, Any], source: str = "checkpoint") -> Recipe:

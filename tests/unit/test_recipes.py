@@ -101,6 +101,16 @@ def test_cli_ls_show_cp(tmp_path: Path, cli) -> None:
     assert again.exit_code == 2 and "already exists" in again.output
 
 
+def test_a_bad_override_is_blamed_on_the_flag_not_the_file(tmp_path: Path) -> None:
+    child = _write(tmp_path, "child.yaml", {"extends": "synth-pillar", "train": {"lr": -1}})
+    with pytest.raises(RecipeError) as err:
+        load_recipe(child, overrides=["train.epochs=0", "dataset.data_root=x", "train.batch_size=2"])
+    assert sorted(err.value.problems) == sorted([
+        f"{child}: train.lr: Input should be greater than 0",
+        "--set train.epochs=0: train.epochs: Input should be greater than or equal to 1",
+        "--set dataset.data_root=x: dataset.data_root: Extra inputs are not permitted"])
+
+
 def test_cli_bad_override_is_a_user_error(cli) -> None:
     result = cli("recipe", "show", "synth-pillar", "--set", "train.epochs")
     assert result.exit_code == 2 and "key.path=value" in result.output
