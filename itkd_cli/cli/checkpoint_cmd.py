@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from itkd_cli.cli.common import JsonOpt, SetOpt, console, emit_json, handle_errors, say
+from itkd_cli.cli.common import JsonOpt, SetOpt, console, emit_json, handle_errors, say, result
 from itkd_cli.core.errors import ItkdError
 
 app = typer.Typer(help="Inspect and convert checkpoints (OpenPCDet, det3d/CenterPoint, SparseKD, ours).",
@@ -110,7 +110,7 @@ def convert(path: Path = typer.Argument(..., help="Checkpoint file in any suppor
         save_checkpoint(out, model, rec, role, epoch=epoch, metrics=None)
     for line in report.warnings:
         say(f"[yellow]warning:[/] {line}")
-    say(f"wrote {out} ({report.format}, {report.naming} names, spconv {report.layout} -> 2.3, "
+    result(f"wrote {out} ({report.format}, {report.naming} names, spconv {report.layout} -> 2.3, "
         f"{report.num_params:,} parameters)")
     if json_out:
         emit_json({"out": str(out), **report.to_dict()})

@@ -28,6 +28,12 @@ def say(message: str) -> None:
         console.print(message)
 
 
+def result(message: Any) -> None:
+    """Print a result (what a command produced: a table, where it wrote) on stderr, --quiet or not."""
+    if STATE["rank"] == 0:
+        console.print(message)
+
+
 def emit_json(data: Any) -> None:
     """Write machine-readable output on stdout."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")

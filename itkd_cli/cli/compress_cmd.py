@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from itkd_cli.cli.common import STATE, JsonOpt, SetOpt, console, emit_json, handle_errors, say
+from itkd_cli.cli.common import STATE, JsonOpt, SetOpt, emit_json, handle_errors, say, result as show_result
 
 METHODS = "itkd | none | hinton | fitnet | sparsekd"
 
@@ -44,7 +44,7 @@ def compress_command(
         emit_json(result.report | {"report_md": str(result.report_md), "report_json": str(result.report_json)})
         return
     print_comparison(result.report)
-    say(f"student: {result.student_checkpoint}\nreport:  {result.report_md}\ncurves:  {result.curves}")
+    show_result(f"student: {result.student_checkpoint}\nreport:  {result.report_md}\ncurves:  {result.curves}")
 
 
 def print_comparison(report: dict) -> None:
@@ -55,8 +55,7 @@ def print_comparison(report: dict) -> None:
                   title=f"{report['method']} student, ratio {report['ratio']} ({report['policy']})")
     for row in comparison_rows(report["teacher"], report["student"]):
         table.add_row(*row)
-    if not STATE["quiet"]:
-        console.print(table)
+    show_result(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from itkd_cli.cli.common import STATE, JsonOpt, console, emit_json, handle_errors, say
+from itkd_cli.cli.common import STATE, JsonOpt, console, emit_json, handle_errors, say, result
 from itkd_cli.data.synth.presets import PRESETS
 
 
@@ -21,8 +21,7 @@ def _print_summary(summary: dict) -> None:
     for key in ("preset", "seed", "scenes", "frames", "keyframes", "sweeps", "annotations", "points_per_keyframe",
                 "splits", "seconds"):
         table.add_row(key, str(summary[key]))
-    if not STATE["quiet"]:
-        console.print(table)
+    result(table)
 
 
 def register(app: typer.Typer) -> None:

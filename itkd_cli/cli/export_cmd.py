@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from itkd_cli.cli.common import JsonOpt, console, emit_json, handle_errors, say
+from itkd_cli.cli.common import JsonOpt, console, emit_json, handle_errors, say, result as show_result
 from itkd_cli.core.errors import ItkdError
 
 
@@ -67,4 +67,4 @@ def register(app: typer.Typer) -> None:
             emit_json(result.to_dict())
         else:
             _show(result)
-        say(f"[green]verified[/] {result.onnx} (model card {result.card})")
+        show_result(f"[green]verified[/] {result.onnx} (model card {result.card})")

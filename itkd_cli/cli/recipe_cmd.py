@@ -8,7 +8,7 @@ from typing import List
 import typer
 from rich.table import Table
 
-from itkd_cli.cli.common import JsonOpt, SetOpt, console, emit_json, handle_errors, say
+from itkd_cli.cli.common import JsonOpt, SetOpt, console, emit_json, handle_errors, say, result
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.io import write_text
 from itkd_cli.recipe.load import (
@@ -62,7 +62,7 @@ def cp(name: str = typer.Argument(..., help="Built-in recipe name or path."),
     load_raw(src)  # the source must resolve before anything is written
     # `extends:` names built-in recipes, which resolve from anywhere, so the text copies as is.
     write_text(dest, src.read_text())
-    say(f"wrote {dest}")
+    result(f"wrote {dest}")
 
 
 @app.command("validate")

@@ -123,7 +123,8 @@ def apply_overrides(data: dict, overrides: Iterable[str], source: str = "--set")
 
 def validate(data: dict, source: str, overrides: Iterable[str] = ()) -> Recipe:
     """Validate a merged mapping; every problem becomes ``source: field.path: message``, or
-    ``--set KEY=VALUE: field.path: message`` when that override wrote the field (the file is not at fault)."""
+    ``--set KEY=VALUE: field.path: message`` when that override wrote the field (the file is not at fault),
+    or ``source with --set KEY=VALUE: section: message`` for a rule over a section an override wrote into."""
     written = {item.partition("=")[0].strip(): item for item in overrides}
     try:
         return Recipe.model_validate(data)
@@ -133,7 +134,10 @@ def validate(data: dict, source: str, overrides: Iterable[str] = ()) -> Recipe:
             loc = ".".join(str(p) for p in err["loc"]) or "(root)"
             msg = err["msg"].removeprefix("Value error, ")
             by = next((item for key, item in written.items() if loc == key or loc.startswith(key + ".")), None)
-            problems.append(f"{source}: {loc}: {msg}" if by is None else f"--set {by}: {loc}: {msg}")
+            # a rule over a whole section (loc above the overridden key) involves the file and the flags
+            inside = [item for key, item in written.items() if key.startswith(loc + ".")]
+            where = f"--set {by}" if by else " ".join([source, "with", *(f"--set {i}" for i in inside)]) if inside else source
+            problems.append(f"{where}: {loc}: {msg}")
         raise RecipeError(problems) from None
 
 

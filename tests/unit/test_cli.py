@@ -78,4 +78,16 @@ def test_bad_recipe_value_from_set_is_one_line_exit_2(cli) -> None:
     assert result.exit_code == 2
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "distill: kd_warmup: 0.6 must be below kd_until (0.5)" in errors[0]
+    assert "with --set distill.kd_warmup=0.6 --set distill.kd_until=0.5: distill:" in errors[0]
     assert "Traceback" not in result.output
+
+
+def test_quiet_keeps_results_and_drops_status(cli, tmp_path: Path) -> None:
+    """--quiet: "only errors and results": the dataset table and where files went stay, status lines go."""
+    root = tmp_path / "w"
+    args = ("data", "synth", "--preset", "small", "--scenes", "2", "--frames", "2", "--out", str(root))
+    assert cli(*args).exit_code == 0
+    again = cli("--quiet", *args)  # a reuse: "already there" is status, the table is the result
+    assert again.exit_code == 0 and "already there" not in again.output and "keyframes" in again.output
+    copied = cli("--quiet", "recipe", "cp", "synth-pillar", str(tmp_path / "mine.yaml"))
+    assert copied.exit_code == 0 and f"wrote {tmp_path / 'mine.yaml'}" in copied.output.replace("\n", "")
