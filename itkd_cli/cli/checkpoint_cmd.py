@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from itkd_cli.cli.common import JsonOpt, SetOpt, console, emit_json, handle_errors, say, result
+from itkd_cli.cli.common import JsonOpt, SetOpt, console, emit_json, handle_errors, result, say
 from itkd_cli.core.errors import ItkdError
 
 app = typer.Typer(help="Inspect and convert checkpoints (OpenPCDet, det3d/CenterPoint, SparseKD, ours).",

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from itkd_cli.cli.common import STATE, JsonOpt, SetOpt, emit_json, handle_errors, say, result as show_result
+from itkd_cli.cli.common import STATE, JsonOpt, SetOpt, emit_json, handle_errors, result as show_result, say
 
 METHODS = "itkd | none | hinton | fitnet | sparsekd"
 

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from itkd_cli.cli.common import STATE, JsonOpt, console, emit_json, handle_errors, say, result
+from itkd_cli.cli.common import STATE, JsonOpt, console, emit_json, handle_errors, result, say
 from itkd_cli.data.synth.presets import PRESETS
 
 

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from itkd_cli.cli.common import JsonOpt, console, emit_json, handle_errors, say, result as show_result
+from itkd_cli.cli.common import JsonOpt, console, emit_json, handle_errors, result as show_result, say
 from itkd_cli.core.errors import ItkdError
 
 

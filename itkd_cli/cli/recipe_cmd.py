@@ -8,7 +8,7 @@ from typing import List
 import typer
 from rich.table import Table
 
-from itkd_cli.cli.common import JsonOpt, SetOpt, console, emit_json, handle_errors, say, result
+from itkd_cli.cli.common import JsonOpt, SetOpt, console, emit_json, handle_errors, result, say
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.io import write_text
 from itkd_cli.recipe.load import (

@@ -8,7 +8,7 @@ from typing import Callable, List, Optional
 import numpy as np
 import typer
 
-from itkd_cli.cli.common import STATE, JsonOpt, SetOpt, emit_json, handle_errors, say, result
+from itkd_cli.cli.common import STATE, JsonOpt, SetOpt, emit_json, handle_errors, result, say
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.recipe.load import apply_overrides, load_recipe, validate
 from itkd_cli.recipe.schema import Recipe

@@ -133,12 +133,18 @@ def validate(data: dict, source: str, overrides: Iterable[str] = ()) -> Recipe:
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"]) or "(root)"
             msg = err["msg"].removeprefix("Value error, ")
-            by = next((item for key, item in written.items() if loc == key or loc.startswith(key + ".")), None)
-            # a rule over a whole section (loc above the overridden key) involves the file and the flags
-            inside = [item for key, item in written.items() if key.startswith(loc + ".")]
-            where = f"--set {by}" if by else " ".join([source, "with", *(f"--set {i}" for i in inside)]) if inside else source
-            problems.append(f"{where}: {loc}: {msg}")
+            problems.append(f"{_blame(loc, written, source)}: {loc}: {msg}")
         raise RecipeError(problems) from None
+
+
+def _blame(loc: str, written: dict[str, str], source: str) -> str:
+    """Who set field ``loc``: the override that wrote it, else the file (with the overrides inside a
+    section when the failing rule spans the whole section), else the file alone."""
+    by = next((item for key, item in written.items() if loc == key or loc.startswith(key + ".")), None)
+    if by is not None:
+        return f"--set {by}"
+    inside = [f"--set {item}" for key, item in written.items() if key.startswith(loc + ".")]
+    return " ".join([source, "with", *inside]) if inside else source
 
 
 def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
