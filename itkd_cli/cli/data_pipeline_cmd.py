@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from itkd_cli.cli.common import JsonOpt, SetOpt, console, emit_json, handle_errors, say
+from itkd_cli.cli.common import JsonOpt, SetOpt, console, emit_json, handle_errors, result as show_result, say
 from itkd_cli.core.errors import ItkdError
 
 RecipeOpt = typer.Option(..., "--recipe", help="Recipe name or path (dataset.* says what to prepare).")
@@ -43,7 +43,7 @@ def prepare(recipe: str = RecipeOpt, overrides: List[str] = SetOpt, json_out: bo
     for split, info in result["splits"].items():
         table.add_row(split, str(info["frames"]), str(sum(info["boxes"].values())), info["infos"])
     console.print(table)
-    say(f"GT database: {sum(counts.values())} objects -> {out}")
+    show_result(f"GT database: {sum(counts.values())} objects -> {out}")
 
 
 def inspect(
@@ -78,7 +78,7 @@ def inspect(
     if rows.row_count:
         console.print(rows)
     n = result["total"]
-    say(f"in-box point counts vs num_lidar_pts: LiDAR-frame boxes (as trained) {result['exact']}/{n} exact, "
+    show_result(f"in-box point counts vs num_lidar_pts: LiDAR-frame boxes (as trained) {result['exact']}/{n} exact, "
         f"{result['within_2']}/{n} within 2; global-frame boxes {result['exact_global']}/{n} exact, "
         f"{result['within_2_global']}/{n} within 2")
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from itkd_cli.cli.common import STATE, JsonOpt, console, emit_json, handle_errors, say
+from itkd_cli.cli.common import STATE, JsonOpt, console, emit_json, handle_errors, result, say
 from itkd_cli.core.errors import ItkdError
 
 DATASETS = ("nuscenes", "waymo")
@@ -96,8 +96,8 @@ def _report_waymo(metrics: dict, out_dir: Path, name: str, json_out: bool) -> No
         return
     console.print(waymo_table(metrics, title=f"{name}: Waymo ({metrics['frames']} frames)"))
     if metrics.get("frames_without_points"):
-        say(f"[yellow]{metrics['frames_without_points']} frame(s) carry no range image: nothing to detect there[/]")
-    say(f"wrote {out_dir / 'metrics.json'}")
+        result(f"[yellow]{metrics['frames_without_points']} frame(s) carry no range image: nothing to detect there[/]")
+    result(f"wrote {out_dir / 'metrics.json'}")
 
 
 def register(app: typer.Typer) -> None:
@@ -143,7 +143,7 @@ def register(app: typer.Typer) -> None:
             return
         console.print(metrics_table(metrics, title=f"{checkpoint.name}: {metrics['split']} ({metrics['frames']} frames)"))
         if metrics.get("empty_submission"):
-            say("[yellow]no box scored above model.post.score_threshold: AP is 0 for every class[/]")
+            result("[yellow]no box scored above model.post.score_threshold: AP is 0 for every class[/]")
         if metrics["subset"]:
-            say(f"[yellow]--max-frames: metrics cover {metrics['frames']} frames, not the whole split[/]")
-        say(f"wrote {out_dir / 'metrics.json'} (devkit summary and plots in {out_dir})")
+            result(f"[yellow]--max-frames: metrics cover {metrics['frames']} frames, not the whole split[/]")
+        result(f"wrote {out_dir / 'metrics.json'} (devkit summary and plots in {out_dir})")

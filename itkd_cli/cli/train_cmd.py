@@ -29,11 +29,11 @@ def train_command(
 
     Several GPUs: torchrun --nproc_per_node=N -m itkd_cli ... (train.batch_size is per process).
     """
-    from itkd_cli.train.train import train
-
     if resume is not None and init_from is not None:
         raise ItkdError("--resume and --init-from: pick one (resume continues a run, init-from only loads weights)")
     rec = _recipe(recipe, resume, overrides)
+    from itkd_cli.train.train import train  # after the recipe: a bad one is reported without loading torch
+
     if out is None:
         out = (resume if resume.is_dir() else resume.parent) if resume is not None else Path("runs/teacher")
     say(f"training {recipe or ('the resumed run' if resume else 'synth-pillar')} -> {out}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,19 @@ def test_cli_eval_json(world: Path, tmp_path: Path) -> None:
     metrics = json.loads(res.stdout)  # stdout holds only the JSON
     assert metrics["frames"] == 3 and metrics["subset"] is False and metrics["split"] == "synth_val"
     assert (out / "metrics_summary.json").is_file() and (out / "plots" / "summary.pdf").is_file()
+
+
+def test_cli_eval_quiet_keeps_the_results(world: Path, tmp_path: Path) -> None:
+    """--quiet: the metrics table, the subset warning and where metrics.json went stay; status lines go."""
+    from itkd_cli.models.build import build_model
+    from itkd_cli.models.checkpoint import save_checkpoint
+
+    recipe = _recipe(world)
+    ckpt = save_checkpoint(tmp_path / "t.pth", build_model(recipe.model), recipe, "teacher")
+    out = tmp_path / "ev"
+    res = subprocess.run([sys.executable, "-m", "itkd_cli.cli.main", "--quiet", "eval", "-c", str(ckpt), "--out",
+                          str(out), "--max-frames", "2", "--no-curves", "--device", "cpu"],
+                         capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "300"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "evaluating" not in res.stderr and "mAP" in res.stderr
+    assert "--max-frames: metrics cover 2 frames" in res.stderr and f"wrote {out / 'metrics.json'}" in res.stderr

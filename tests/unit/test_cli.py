@@ -91,3 +91,19 @@ def test_quiet_keeps_results_and_drops_status(cli, tmp_path: Path) -> None:
     assert again.exit_code == 0 and "already there" not in again.output and "keyframes" in again.output
     copied = cli("--quiet", "recipe", "cp", "synth-pillar", str(tmp_path / "mine.yaml"))
     assert copied.exit_code == 0 and f"wrote {tmp_path / 'mine.yaml'}" in copied.output.replace("\n", "")
+
+
+def test_a_bad_training_recipe_is_reported_before_torch_loads(tmp_path: Path) -> None:
+    """A typo in a recipe is answered at once: validation comes before the training code (and torch) is imported."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: -1\n")
+    probe = ("import sys; from typer.testing import CliRunner; from itkd_cli.cli.main import app; "
+             f"r = CliRunner().invoke(app, ['train', '--recipe', {str(bad)!r}]); "
+             "print(r.exit_code, 'torch' in sys.modules); print(r.output)")
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    code, torch_loaded = res.stdout.splitlines()[0].split()
+    assert code == "2" and "train.epochs: Input should be greater than or equal to 1" in res.stdout
+    assert torch_loaded == "False"

@@ -97,3 +97,13 @@ def test_inspect_bad_point_file(world):
     (world / "samples/LIDAR_TOP/f1_key.pcd.bin").write_bytes(np.zeros(3, np.float32).tobytes())
     res = runner.invoke(app, ["data", "inspect", "--data-root", str(world), "--version", VERSION])
     assert res.exit_code == 2 and "f1_key.pcd.bin (sample_data sd_key1): 12 bytes" in res.output
+
+
+def test_quiet_keeps_what_prepare_and_inspect_found(world):
+    """--quiet drops the status lines but not the results: the GT database's size and the point-count summary."""
+    res = runner.invoke(app, ["--quiet", "data", "prepare", "--recipe", "synth-pillar", *sets(world)])
+    assert res.exit_code == 0, res.output
+    text = res.output.replace("\n", " ")
+    assert "indexing split" not in text and "GT database: 4 objects ->" in text
+    res = runner.invoke(app, ["--quiet", "data", "inspect", "--data-root", str(world), "--version", VERSION])
+    assert res.exit_code == 0 and "(as trained) 6/6 exact" in res.output.replace("\n", " ")
