@@ -9,6 +9,8 @@ import typer
 from rich.table import Table
 
 from itkd_cli.cli.common import STATE, JsonOpt, SetOpt, emit_json, handle_errors, result as show_result, say
+from itkd_cli.core.errors import ItkdError
+from itkd_cli.recipe.load import apply_flags, compress_flags, load_recipe
 
 METHODS = "itkd | none | hinton | fitnet | sparsekd"
 
@@ -30,11 +32,14 @@ def compress_command(
 
     Several GPUs: torchrun --nproc_per_node=N -m itkd_cli ... (train.batch_size is per process).
     """
-    from itkd_cli.core.errors import ItkdError
-    from itkd_cli.pipeline.compress import compress, compress_recipe
-
     if not teacher.is_file():
         raise ItkdError(f"--teacher: {teacher}: no such file", hint="train one with `itkd train` or point to a checkpoint")
+    # Bad flags or a bad --recipe are answered before torch loads (the teacher's own recipe needs torch to read).
+    flags = compress_flags(ratio, policy, method)
+    if recipe is not None:
+        apply_flags(load_recipe(recipe, overrides), flags)
+    from itkd_cli.pipeline.compress import compress, compress_recipe
+
     rec = compress_recipe(teacher, recipe, overrides, ratio, policy, method)
     result = compress(rec, teacher, out, resume=resume, quiet=STATE["quiet"] or json_out,
                       max_eval_frames=max_eval_frames, log=say)

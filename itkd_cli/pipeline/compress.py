@@ -24,7 +24,7 @@ from itkd_cli.pipeline.label_kd import LabelKD
 from itkd_cli.pipeline.profile import first_val_frame, profile_on_frame
 from itkd_cli.pipeline.report import plot_curves, write_report
 from itkd_cli.pipeline.teacher_student import Pair, build_pair, resolve_recipe, student_recipe
-from itkd_cli.recipe.load import apply_overrides, validate
+from itkd_cli.recipe.load import apply_flags, compress_flags
 from itkd_cli.recipe.schema import Recipe
 from itkd_cli.train import distributed
 from itkd_cli.train.loop import fit
@@ -46,13 +46,8 @@ class CompressResult(NamedTuple):
 def compress_recipe(teacher: Path, recipe: Optional[str], overrides: Iterable[str], ratio: Optional[float],
                     policy: Optional[str], method: Optional[str]) -> Recipe:
     """The run's recipe with the CLI's --ratio/--policy/--method folded in (validated like any field)."""
-    if ratio is not None and not 0 < ratio <= 1:
-        raise ItkdError(f"--ratio: {ratio} is outside (0, 1]: the student must not be wider than the teacher")
-    base = resolve_recipe(teacher, recipe, overrides)
-    flags = [f"student.ratio={ratio}"] if ratio is not None else []
-    flags += [f"student.policy={policy}"] if policy else []
-    flags += [f"distill.method={method}"] if method else []
-    return validate(apply_overrides(base.model_dump(mode="json"), flags, "flags"), "command-line flags")
+    flags = compress_flags(ratio, policy, method)  # a bad --ratio fails before the teacher is read
+    return apply_flags(resolve_recipe(teacher, recipe, overrides), flags)
 
 
 def build_distillation(recipe: Recipe, teacher: Path,

@@ -155,6 +155,26 @@ def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Reci
     return validate(data, str(path), overrides)
 
 
+def compress_flags(ratio: float | None, policy: str | None, method: str | None) -> list[str]:
+    """`itkd compress`'s --ratio/--policy/--method as recipe overrides (see ``apply_flags``).
+
+    Raises:
+        ItkdError: a ratio outside (0, 1] (a student wider than its teacher).
+    """
+    if ratio is not None and ratio > 1:
+        raise ItkdError(f"--ratio: {ratio} is above 1: the student must not be wider than the teacher")
+    if ratio is not None and not ratio > 0:  # also NaN
+        raise ItkdError(f"--ratio: {ratio} must be above 0 (student width / teacher width, in (0, 1])")
+    flags = [f"student.ratio={ratio}"] if ratio is not None else []
+    flags += [f"student.policy={policy}"] if policy else []
+    return flags + ([f"distill.method={method}"] if method else [])
+
+
+def apply_flags(recipe: Recipe, flags: Iterable[str]) -> Recipe:
+    """``recipe`` with command-line flags (``compress_flags``) folded in, validated like any field."""
+    return validate(apply_overrides(recipe.model_dump(mode="json"), flags, "flags"), "command-line flags")
+
+
 def recipe_from_dict(data: dict[str, Any], source: str = "checkpoint") -> Recipe:
     """Rebuild a recipe stored inside a checkpoint or report."""
     return validate(data, source)

@@ -93,17 +93,43 @@ def test_quiet_keeps_results_and_drops_status(cli, tmp_path: Path) -> None:
     assert copied.exit_code == 0 and f"wrote {tmp_path / 'mine.yaml'}" in copied.output.replace("\n", "")
 
 
-def test_a_bad_training_recipe_is_reported_before_torch_loads(tmp_path: Path) -> None:
-    """A typo in a recipe is answered at once: validation comes before the training code (and torch) is imported."""
+def _invoke_in_fresh_python(args: list[str]) -> tuple[int, bool, str]:
+    """(exit code, whether torch got imported, output) of ``itkd ARGS`` in a new interpreter."""
     import subprocess
     import sys
 
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("train:\n  epochs: -1\n")
     probe = ("import sys; from typer.testing import CliRunner; from itkd_cli.cli.main import app; "
-             f"r = CliRunner().invoke(app, ['train', '--recipe', {str(bad)!r}]); "
-             "print(r.exit_code, 'torch' in sys.modules); print(r.output)")
+             f"r = CliRunner().invoke(app, {args!r}); print(r.exit_code, 'torch' in sys.modules); print(r.output)")
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     code, torch_loaded = res.stdout.splitlines()[0].split()
-    assert code == "2" and "train.epochs: Input should be greater than or equal to 1" in res.stdout
-    assert torch_loaded == "False"
+    return int(code), torch_loaded == "True", res.stdout
+
+
+def test_a_bad_training_recipe_is_reported_before_torch_loads(tmp_path: Path) -> None:
+    """A typo in a recipe is answered at once: validation comes before the training code (and torch) is imported."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: -1\n")
+    code, torch_loaded, output = _invoke_in_fresh_python(["train", "--recipe", str(bad)])
+    assert code == 2 and "train.epochs: Input should be greater than or equal to 1" in output
+    assert not torch_loaded
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--recipe", "BAD", "--ratio", "0.25"], "train.epochs: Input should be greater than or equal to 1"),
+    (["--recipe", "synth-pillar", "--set", "distill.itkd.lam=2"], "--set distill.itkd.lam=2: distill.itkd.lam"),
+    (["--ratio", "1.5"], "--ratio: 1.5 is above 1: the student must not be wider than the teacher"),
+    (["--ratio", "0"], "--ratio: 0.0 must be above 0"),
+    (["--ratio", "nan"], "--ratio: nan must be above 0"),
+    (["--recipe", "synth-pillar", "--policy", "wide"], "flags: student.policy"),
+])
+def test_bad_compress_flags_are_reported_before_torch_loads(tmp_path: Path, flags: list[str], expected: str) -> None:
+    """compress checks its flags and an explicit --recipe before importing torch (and reading the teacher)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: -1\n")
+    teacher = tmp_path / "teacher.pth"
+    teacher.write_bytes(b"not read before the flags are checked")
+    args = ["compress", "--teacher", str(teacher), "--out", str(tmp_path / "run"),
+            *[str(bad) if f == "BAD" else f for f in flags]]
+    code, torch_loaded, output = _invoke_in_fresh_python(args)
+    assert code == 2 and expected in output.replace("\n", " ") and "Traceback" not in output, output
+    assert not torch_loaded and not (tmp_path / "run").exists()
