@@ -55,6 +55,8 @@ def print_summary(summary: dict) -> None:
     for name, path in summary["paths"].items():
         paths.add_row(name, path)
     console.print(paths)
+    for note in summary.get("notes", []):
+        say(f"note: {note}")
     say(f"total time: {summary['timings_s']['total_s']:.0f} s")
 
 

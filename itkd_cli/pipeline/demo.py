@@ -22,6 +22,9 @@ from itkd_cli.train.train import train
 
 Log = Callable[[str], None]
 
+# Below this teacher mAP the demo's teacher-vs-student table compares two detectors that learned nothing.
+LEARNED_MAP = 0.05
+
 
 def _finished_epochs(checkpoint: Path) -> int:
     """Epochs completed by the run that wrote ``checkpoint`` (0 when absent)."""
@@ -48,6 +51,17 @@ def _side(report_side: dict[str, Any], exported: dict[str, Any]) -> dict[str, An
     return {"params": report_side.get("params"), "gmacs": report_side.get("gmacs"),
             "torch_ms": exported["latency_ms"]["torch_eager"], "onnxruntime_ms": exported["latency_ms"]["onnxruntime"],
             "mAP": report_side.get("mAP"), "NDS": report_side.get("NDS"), "onnx": exported["onnx"]}
+
+
+def accuracy_notes(teacher_map: Optional[float], epochs: int, train_scenes: Optional[int], preset: str) -> list[str]:
+    """Say so when the teacher learned nothing (e.g. preset ``small``): every mAP of the table is then ~0."""
+    if teacher_map is None or teacher_map >= LEARNED_MAP:
+        return []
+    advice = ("preset 'small' is a smoke test, use --preset default" if preset == "small"
+              else "train longer (--teacher-epochs) or on more scenes (--scenes)")
+    scenes = f" on {train_scenes} training scene(s)" if train_scenes else ""
+    return [f"the teacher scored mAP {teacher_map:.4f} after {epochs} epoch(s){scenes}: too little to learn "
+            f"from, so the accuracy rows compare nothing; {advice}"]
 
 
 def demo_overrides(data_root: Path, teacher_epochs: Optional[int], extra: list[str]) -> list[str]:
@@ -121,6 +135,8 @@ def run_demo(out: Path, *, recipe_name: str = "synth-pillar", preset: str = "def
                   "onnx": exported["onnx"], "model_card": exported["card"],
                   "teacher_onnx": exported_teacher["onnx"]},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "notes": accuracy_notes(report["teacher"].get("mAP"), recipe.train.epochs,
+                                world.get("splits", {}).get(recipe.dataset.train_split), preset),
     }
     write_json(out / "demo.json", summary)
     return summary

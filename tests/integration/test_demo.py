@@ -44,6 +44,10 @@ def test_demo_writes_every_artifact(demo_run) -> None:
     for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]"):
         assert step in result.output  # each step announces its stand-alone command
     assert "itkd compress --teacher" in result.output
+    # a 1-epoch teacher on the small world learns nothing: the demo says so instead of a silent table of zeros
+    assert summary["teacher"]["mAP"] < 0.05
+    assert len(summary["notes"]) == 1 and "preset 'small' is a smoke test" in summary["notes"][0]
+    assert "note: the teacher scored mAP" in result.output
 
 
 def test_demo_rerun_reuses_finished_steps(demo_run) -> None:

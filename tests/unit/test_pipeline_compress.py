@@ -1,4 +1,4 @@
-"""Compress pipeline pieces that need no training: the teacher-metrics cache, --resume checks, channel selection."""
+"""Pipeline pieces that need no training: metrics cache, --resume checks, channel selection, demo notes."""
 
 from __future__ import annotations
 
@@ -239,3 +239,17 @@ def test_kd_warmup_must_end_before_kd_does():
         load_recipe("synth-pillar", ["distill.kd_warmup=0.5", "distill.kd_until=0.5"])
     with pytest.raises(ItkdError, match="kd_warmup"):
         load_recipe("synth-pillar", ["distill.kd_warmup=1"])
+
+
+def test_demo_notes_a_teacher_that_learned_nothing() -> None:
+    from itkd_cli.pipeline.demo import LEARNED_MAP, accuracy_notes
+
+    assert accuracy_notes(0.34, 10, 10, "default") == []
+    assert accuracy_notes(None, 10, 10, "default") == []  # no evaluation, nothing to judge
+    assert accuracy_notes(LEARNED_MAP, 10, 10, "default") == []
+    (small,) = accuracy_notes(0.0, 1, 1, "small")
+    assert "mAP 0.0000 after 1 epoch(s) on 1 training scene(s)" in small and "use --preset default" in small
+    (short,) = accuracy_notes(0.01, 2, 10, "default")
+    assert "--teacher-epochs" in short and "smoke test" not in short
+    (custom_split,) = accuracy_notes(0.0, 3, None, "default")  # a --set train split the world does not count
+    assert "after 3 epoch(s): too little" in custom_split
