@@ -153,7 +153,7 @@ def teacher_channel_scale(x_t: Tensor, mask: Tensor, floor: float = 1e-2) -> Ten
 
 def head_attention_sum(student: TaskHeadOutput, teacher: TaskHeadOutput, ind: Tensor, mask: Tensor,
                        fusion: HeadFusion, splits: Sequence[int], with_velocity: bool,
-                       standardize: bool = False) -> Tensor:
+                       standardize: bool = False, smooth_beta: float = 0.0) -> Tensor:
     """Summed L1 between fused student and teacher rows of ONE task head, valid objects only.
 
     Args:
@@ -167,10 +167,12 @@ def head_attention_sum(student: TaskHeadOutput, teacher: TaskHeadOutput, ind: Te
         standardize: Divide both sides' channels by ``teacher_channel_scale`` before the attention (not
             in the method: without it the largest channels, box size and velocity, dominate X^T X and
             the sharp softmax turns most output channels into copies of them).
+        smooth_beta: 0: the method's L1. > 0: smooth L1 (Huber) with this beta, quadratic below it, so
+            the gradient shrinks as the student nears the teacher (L1's keeps its full size however close).
 
     Returns:
-        Scalar: sum over valid objects and channels of |fused_s - fused_t| (divide by the number of
-        valid objects of ALL tasks to get the loss).
+        Scalar: sum over valid objects and channels of |fused_s - fused_t| (smooth L1 with ``smooth_beta``)
+        (divide by the number of valid objects of ALL tasks to get the loss).
     """
     n_valid = mask.sum(dim=1)
     # float32 with autocast off: X^T X sums over all objects and could overflow half precision
@@ -182,4 +184,5 @@ def head_attention_sum(student: TaskHeadOutput, teacher: TaskHeadOutput, ind: Te
             x_s, x_t = x_s / scale, x_t / scale
         f_s = fusion(inter_intra(x_s, splits, n_valid))
         f_t = fusion(inter_intra(x_t, splits, n_valid))
-        return ((f_s - f_t).abs() * mask.unsqueeze(-1).to(f_s.dtype)).sum()
+        per_element = F.smooth_l1_loss(f_s, f_t, reduction="none", beta=smooth_beta)  # beta 0: plain L1
+        return (per_element * mask.unsqueeze(-1).to(f_s.dtype)).sum()

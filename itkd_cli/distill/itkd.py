@@ -90,7 +90,8 @@ class ItkdDistiller(nn.Module):
         total = student.bev.new_zeros(())
         for k, (s, t, tg) in enumerate(zip(student.tasks, teacher.tasks, targets)):
             total = total + head_attention_sum(s, t, tg.ind, tg.mask, self.head_fusion[k],
-                                               self.task_splits[k], self.with_velocity, self.cfg.head_standardize)
+                                               self.task_splits[k], self.with_velocity, self.cfg.head_standardize,
+                                               self.cfg.head_smooth_beta)
         n_objects = sum(tg.mask.sum() for tg in targets).clamp(min=1)
         return total / n_objects.to(total.dtype)
 

@@ -54,7 +54,7 @@ def build_distillation(recipe: Recipe, teacher: Path,
                        device: torch.device) -> tuple[Pair, nn.Module, Optional[LabelKD]]:
     """What a compress run trains: (frozen teacher + student, KD module, sparsekd's label KD or None)."""
     pair = build_pair(recipe, teacher, device)
-    pair = pair._replace(teacher=freeze_teacher(pair.teacher))
+    pair = pair._replace(teacher=freeze_teacher(pair.teacher, recipe.distill.teacher_bn))
     kd = build_kd(recipe.distill, recipe.model, pair.student_cfg).to(device)
     label_kd = LabelKD(recipe, pair.student_cfg) if recipe.distill.method == "sparsekd" else None
     return pair, kd, label_kd
@@ -168,7 +168,7 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
     student_ckpt = save_checkpoint(out_dir / STUDENT, pair.student, s_recipe, "student",
                                    epoch=done.epoch, step=done.step)
     log(f"wrote {student_ckpt} (student only: no teacher, no KD modules)")
-    t_metrics = _teacher_metrics(recipe, pair.teacher, teacher, out_dir, max_eval_frames)
+    t_metrics = _teacher_metrics(recipe, pair.teacher.eval_model, teacher, out_dir, max_eval_frames)
     s_metrics = evaluate_nuscenes(s_recipe, pair.student, out_dir / "eval_student", max_frames=max_eval_frames,
                                   model_cfg=pair.student_cfg)
     curves = plot_curves(train_dir / "metrics.jsonl", out_dir / "curves.png",

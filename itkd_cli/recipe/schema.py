@@ -271,6 +271,10 @@ class ItkdLossConfig(Strict):
         "Head attention loss on standardised channels: both sides' head outputs at the object centres divided "
         "by the teacher's root mean square of each channel over the batch's objects, so box size and velocity do not "
         "dominate X^T X (a departure from the method; false: the paper's raw channels)."))
+    head_smooth_beta: float = Field(0.0, ge=0, description=(
+        "0: the head attention loss is the method's L1. > 0: smooth L1 (Huber) with this beta, quadratic for "
+        "differences below it, so its gradient shrinks as the student nears the teacher; L1's gradient keeps its "
+        "full size however close the two are (a departure from the method)."))
     tap: Literal["neck", "head_shared"] = Field("neck", description=(
         "Map the autoencoder terms (L_cr, L_it) read: 'neck', the neck output M before the head (the method); "
         "'head_shared', the head's shared-conv output, the input of every task head (a departure; its width is "
@@ -302,6 +306,11 @@ class DistillConfig(Strict):
         "head-attention fusion) learn from the student's outputs detached, so that the student trains on "
         "detection alone until they are no longer random (a departure from the method; 0: none). Must be "
         "below kd_until."))
+    teacher_bn: Literal["running", "batch"] = Field("running", description=(
+        "Statistics the frozen teacher's BatchNorm normalises with when it makes the KD targets: 'running', its "
+        "running statistics (eval mode, the method); 'batch', each training batch's own, like the train-mode "
+        "student it is compared with (a departure; the running statistics still never change, and the "
+        "teacher is always evaluated on them)."))
 
     @model_validator(mode="after")
     def _warmup_before_kd_ends(self) -> "DistillConfig":

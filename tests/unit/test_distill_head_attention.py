@@ -214,3 +214,33 @@ def test_standardised_head_loss_ignores_channel_units():
     one = torch.tensor([[True, False, False, False]])  # fewer than two objects: no scale, the raw loss
     assert head_attention_sum(s, t, ind, one, fusion, splits, False, standardize=True).item() == pytest.approx(
         head_attention_sum(s, t, ind, one, fusion, splits, False).item())
+
+
+def test_smooth_head_loss_matches_numpy_huber_and_its_gradient_shrinks_near_the_teacher():
+    """head_smooth_beta: Huber on the fused rows (0.5 d^2 / beta below beta, |d| - beta / 2 above); 0 is L1."""
+    torch.manual_seed(5)
+    s, t = _head(1, 2, 3, 3, vel=False), _head(1, 2, 3, 3, vel=False)
+    ind, mask = torch.tensor([[0, 4, 8]]), torch.tensor([[True, True, False]])
+    splits = head_splits(2, False)
+    fusion = HeadFusion(sum(splits), "frozen")
+    beta = 0.5
+
+    def rows(o: TaskHeadOutput) -> np.ndarray:
+        return head_features(o, False)[0].reshape(sum(splits), -1).double().numpy()[:, [0, 4]].T
+
+    d = np.abs(_np_fused_rows(rows(s), splits) - _np_fused_rows(rows(t), splits))
+    huber = np.where(d < beta, 0.5 * d ** 2 / beta, d - 0.5 * beta).sum()
+    assert (d < beta).any() and (d >= beta).any()  # both branches are exercised
+    got = head_attention_sum(s, t, ind, mask, fusion, splits, False, smooth_beta=beta)
+    assert got.item() == pytest.approx(huber, rel=1e-5)
+    assert head_attention_sum(s, t, ind, mask, fusion, splits, False, smooth_beta=0.0).item() == pytest.approx(
+        d.sum(), rel=1e-5)
+    # a student a hair away from its teacher: L1 still pulls at full strength, smooth L1 barely
+    near = TaskHeadOutput(*(None if m is None else (m + 1e-3 * torch.randn_like(m)).requires_grad_() for m in t))
+
+    def grad_norm(beta_: float) -> float:
+        loss = head_attention_sum(near, t, ind, mask, fusion, splits, False, smooth_beta=beta_)
+        grads = torch.autograd.grad(loss, [m for m in near if m is not None])
+        return float(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
+
+    assert grad_norm(1.0) < 0.05 * grad_norm(0.0)

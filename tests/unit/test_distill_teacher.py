@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.distill.baselines import FitNetKD
 from itkd_cli.distill.teacher import FrozenTeacher, check_not_optimised, freeze_teacher, trainable_parameters
+from itkd_cli.recipe.schema import DistillConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: do not oversubscribe the cores
 
@@ -64,3 +68,42 @@ def test_teacher_forward_builds_no_graph_and_optimiser_leak_is_caught():
     leaky = torch.optim.SGD(list(teacher.parameters()), lr=0.1)
     with pytest.raises(ItkdError):
         check_not_optimised(leaky, teacher)
+
+
+def _with_trained_statistics(net: nn.Sequential) -> nn.Sequential:
+    """Running statistics that differ from any one batch's, as after training."""
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1.0, 1.0)
+            m.running_var.uniform_(0.5, 2.0)
+    return net
+
+
+def test_batch_statistics_teacher_normalises_like_a_train_mode_copy_and_never_changes():
+    torch.manual_seed(2)
+    raw = _with_trained_statistics(_net(4))
+    reference = copy.deepcopy(raw).train()  # a train-mode forward normalises with the batch's statistics
+    before = {k: v.clone() for k, v in raw.state_dict().items()}
+    teacher = FrozenTeacher(raw, bn="batch")
+    x = torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        batch_out, running_out = teacher(x), raw.eval()(x)
+        assert torch.allclose(batch_out, reference(x), atol=1e-6)
+    assert not torch.allclose(batch_out, running_out, atol=1e-3)
+    _train_steps(teacher)
+    for k, v in before.items():
+        assert torch.equal(v, raw.state_dict()[k]), k
+    # evaluation always uses the running statistics
+    with torch.no_grad():
+        assert torch.equal(teacher.eval_model(x), running_out)
+    assert FrozenTeacher(raw).eval_model is not raw  # running mode evaluates its folded copy ...
+    with torch.no_grad():
+        assert torch.allclose(FrozenTeacher(raw).eval_model(x), running_out, atol=1e-5)  # ... same outputs
+
+
+def test_unknown_teacher_bn_is_refused():
+    with pytest.raises(ItkdError, match="distill.teacher_bn"):
+        FrozenTeacher(_net(2), bn="frozen")
+    with pytest.raises(ValidationError, match="teacher_bn"):
+        DistillConfig(teacher_bn="frozen")
+    assert DistillConfig(teacher_bn="batch").teacher_bn == "batch"

@@ -194,6 +194,42 @@ def test_build_pair_initialises_the_student_from_the_teacher_by_default(one_thre
     assert torch.equal(pair.student.state_dict()[key], pair.teacher.state_dict()[key]) is init
 
 
+@pytest.mark.parametrize("teacher_bn", ["running", "batch"])
+def test_teacher_bn_batch_gives_a_student_copy_the_teachers_targets(one_thread, tmp_path, teacher_bn):
+    """At ratio 1.0 the student is a copy of its teacher: with distill.teacher_bn=batch the frozen teacher's
+    outputs equal the train-mode student's (so every KD term starts at its best value); with the running
+    statistics (the method) they differ wherever a batch's statistics differ from the running ones."""
+    import torch
+
+    from itkd_cli.models.build import build_model
+    from itkd_cli.models.checkpoint import save_checkpoint
+
+    sets = ["model.grid.point_range=[-5.12,-5.12,-5.0,5.12,5.12,3.0]", "student.ratio=1.0",
+            f"distill.teacher_bn={teacher_bn}"]
+    recipe = load_recipe("synth-pillar", sets)
+    torch.manual_seed(3)
+    net = build_model(recipe.model)
+    for _, bn in _batch_norms(net):  # running statistics that no single batch has
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    path = save_checkpoint(tmp_path / "teacher.pth", net, recipe, "teacher")
+    pair, _, _ = mod.build_distillation(recipe, path, torch.device("cpu"))
+    cfg = recipe.model
+    nx, ny, nz = cfg.grid.grid_size
+    coords = torch.unique(torch.stack([torch.zeros(60, dtype=torch.long), torch.zeros(60, dtype=torch.long),
+                                       torch.randint(0, ny, (60,)), torch.randint(0, nx, (60,))], dim=1), dim=0).int()
+    voxels = torch.randn(coords.shape[0], cfg.grid.max_points_per_voxel, cfg.num_point_features)
+    num_points = torch.full((coords.shape[0],), cfg.grid.max_points_per_voxel, dtype=torch.int32)
+    args = (voxels, num_points, coords, 1)
+    with torch.no_grad():
+        t_out, s_out = pair.teacher(*args), pair.student.train()(*args)
+    same = torch.allclose(t_out.tasks[0].hm, s_out.tasks[0].hm, atol=1e-4) and torch.allclose(
+        t_out.bev, s_out.bev, atol=1e-4)
+    assert same is (teacher_bn == "batch")
+    # the report evaluates the teacher on its running statistics either way (batch: the unfolded network)
+    assert (pair.teacher.eval_model is pair.teacher.model) is (teacher_bn == "batch")
+
+
 def test_kd_warmup_trains_the_kd_modules_and_leaves_the_student_to_detection(monkeypatch):
     """Before distill.kd_warmup the KD loss reaches the adapter but not the student; after it, both."""
     from types import SimpleNamespace
