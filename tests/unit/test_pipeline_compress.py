@@ -215,7 +215,7 @@ def test_teacher_bn_batch_gives_a_student_copy_the_teachers_targets(one_thread, 
     path = save_checkpoint(tmp_path / "teacher.pth", net, recipe, "teacher")
     pair, _, _ = mod.build_distillation(recipe, path, torch.device("cpu"))
     cfg = recipe.model
-    nx, ny, nz = cfg.grid.grid_size
+    nx, ny, _ = cfg.grid.grid_size
     coords = torch.unique(torch.stack([torch.zeros(60, dtype=torch.long), torch.zeros(60, dtype=torch.long),
                                        torch.randint(0, ny, (60,)), torch.randint(0, nx, (60,))], dim=1), dim=0).int()
     voxels = torch.randn(coords.shape[0], cfg.grid.max_points_per_voxel, cfg.num_point_features)
