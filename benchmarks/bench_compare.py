@@ -261,6 +261,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     runs = [(name, method, extra) for name, method, extra in RUNS if args.only is None or name in args.only]
     for name, method, extra in runs + [(v[0], v[1], tuple(v[2:])) for v in args.variant]:
         reports[name] = run_one(out, name, method, extra, teacher, sets, args.ratio, args.max_eval_frames)
+    if not reports:  # `--only` with no names: the world, teacher and tuning world are ready for later runs
+        log(f"no student run asked for: world, teacher {teacher} and tuning world ready")
+        return 0
     rows = table(out, reports, teacher, tune_world)
     meta = {"command": [Path(sys.executable).name, *sys.argv], "preset": args.preset, "scenes": args.scenes,
             "seed": args.seed, "tune_seed": args.tune_seed, "teacher_epochs": None if args.teacher else args.teacher_epochs,

@@ -37,3 +37,14 @@ def test_gap_closed(bench):
     assert bench._gap_closed(0.10, 0.20, 0.40) == pytest.approx(-0.5)
     assert bench._gap_closed(0.30, 0.35, 0.34) is None  # the student alone beats the teacher: no gap
     assert bench._gap_closed(None, 0.20, 0.40) is None
+
+
+def test_only_with_no_names_prepares_world_and_teacher_and_stops(bench, tmp_path, monkeypatch, capsys):
+    made = []
+    monkeypatch.setattr(bench, "make_world", lambda out, *a: made.append("world") or out / "world")
+    monkeypatch.setattr(bench, "make_teacher", lambda out, *a: made.append("teacher") or out / "teacher" / "last.pth")
+    monkeypatch.setattr(bench, "run_one", lambda *a, **k: pytest.fail("no student run was asked for"))
+    assert bench.main(["--out", str(tmp_path / "cmp"), "--only"]) == 0
+    assert made == ["world", "teacher"]
+    assert "no student run asked for" in capsys.readouterr().err
+    assert not (tmp_path / "cmp" / "comparison.md").exists()
