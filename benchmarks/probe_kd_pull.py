@@ -38,6 +38,7 @@ from itkd_cli.distill.losses import gather_at_centres
 from itkd_cli.pipeline.compress import build_distillation, compress_recipe
 from itkd_cli.train.loss import centerpoint_loss
 
+METHODS = ("itkd", "hinton", "fitnet", "direct", "none")
 DEFAULT_VARIANTS = (
     ("control: forwards only (BatchNorm statistics)", "none", ()),
     ("direct (reference: L1 of head outputs at centres)", "direct", ()),
@@ -99,7 +100,7 @@ def pull(args, name: str, method: str, extra: tuple[str, ...], eval_batches) -> 
     torch.manual_seed(0)
     teacher_path = args.out / "teacher" / "last.pth"
     sets = [f"dataset.root={args.out / 'world'}", "dataset.workers=0", *extra]
-    kd_method = {"direct": "itkd", "none": "none"}.get(method, method)
+    kd_method = "none" if method == "direct" else method  # direct's loss is this script's own
     recipe = compress_recipe(teacher_path, str(args.out / "recipe.yaml"), sets, 1.0, None, kd_method)
     pair, kd, _ = build_distillation(recipe, teacher_path, torch.device("cpu"))
     teacher, student, head_cfg = pair.teacher, pair.student, pair.student_cfg.head
@@ -114,12 +115,12 @@ def pull(args, name: str, method: str, extra: tuple[str, ...], eval_batches) -> 
     losses = []
     for _, batch in zip(range(args.steps), loader):
         inputs = (batch.voxels, batch.num_points, batch.coords, batch.batch_size)
-        with torch.no_grad():
-            t_out = teacher(*inputs)
         if method == "none":
             with torch.no_grad():
                 student(*inputs)
             continue
+        with torch.no_grad():
+            t_out = teacher(*inputs)
         s_out = student(*inputs)
         loss = direct_loss(s_out, t_out, batch.targets) if method == "direct" else kd(s_out, t_out, batch.targets).total
         opt.zero_grad(set_to_none=True)
@@ -142,8 +143,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--eval-batches", type=int, default=3)
     ap.add_argument("--variant", nargs="+", action="append", default=None, metavar="NAME METHOD [KEY=VALUE]",
-                    help="a variant instead of the defaults (repeatable); METHOD itkd|hinton|fitnet|direct|none")
+                    help=f"a variant instead of the defaults (repeatable); METHOD one of {'|'.join(METHODS)}")
     args = ap.parse_args(argv)
+    bad = [v for v in args.variant or [] if len(v) < 2 or v[1] not in METHODS or any("=" not in kv for kv in v[2:])]
+    if bad:  # checked before the teacher is loaded
+        ap.error(f"--variant {' '.join(bad[0])}: expected NAME METHOD [KEY=VALUE ...], METHOD one of {METHODS}")
     variants = DEFAULT_VARIANTS if args.variant is None else [(v[0], v[1], tuple(v[2:])) for v in args.variant]
     probe_recipe = compress_recipe(args.out / "teacher" / "last.pth", str(args.out / "recipe.yaml"),
                                    [f"dataset.root={args.out / 'world'}", "dataset.workers=0"], 1.0, None, "none")

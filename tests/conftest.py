@@ -59,3 +59,26 @@ def torchrun():
         return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+def load_benchmark(name: str):
+    """Import ``benchmarks/<name>.py`` (not a package) as a module, for the tests of a benchmark script."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """benchmarks/bench_compare.py as a module."""
+    return load_benchmark("bench_compare")
+
+
+@pytest.fixture(scope="module")
+def probe():
+    """benchmarks/probe_kd_pull.py as a module."""
+    return load_benchmark("probe_kd_pull")
