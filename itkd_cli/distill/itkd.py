@@ -13,8 +13,9 @@ A weight of 0 skips its term's compute (ablation switch).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from itkd_cli.core.errors import ItkdError
@@ -23,6 +24,7 @@ from itkd_cli.distill.autoencoder import ChannelAutoencoder, build_adapter
 from itkd_cli.distill.head_attention import HeadFusion, head_attention_sum, head_splits
 from itkd_cli.distill.losses import (
     KDTerms, check_centres, check_same_grid, cr_loss, it_loss, pooled_centres, zero_terms)
+from itkd_cli.models.student import bev_channel_index
 from itkd_cli.recipe.schema import ItkdLossConfig, ModelConfig
 
 
@@ -35,10 +37,12 @@ class ItkdDistiller(nn.Module):
         c_s: Student width of the tapped map.
         task_splits: Channel blocks of every task head (see ``head_splits``).
         with_velocity: Whether heads have a velocity branch.
+        adapter_index: Teacher channel of each student channel of the tapped map; needed by
+            ``adapter_init: selection`` (see ``tap_channel_index``).
     """
 
     def __init__(self, cfg: ItkdLossConfig, c_t: int, c_s: int, task_splits: Sequence[Sequence[int]],
-                 with_velocity: bool) -> None:
+                 with_velocity: bool, adapter_index: Optional[Sequence[int]] = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.c_t, self.c_s = c_t, c_s
@@ -46,6 +50,8 @@ class ItkdDistiller(nn.Module):
         self.with_velocity = with_velocity
         self.autoencoder = ChannelAutoencoder(c_t, c_s, cfg.latent_ratio, cfg.hidden_layers)
         self.adapter = build_adapter(c_s, c_t)
+        if cfg.adapter_init == "selection":
+            init_adapter_as_selection(self.adapter, adapter_index)
         self.head_fusion = nn.ModuleList(HeadFusion(sum(s), cfg.head_fusion_guard) for s in self.task_splits)
 
     def forward(self, student: DetectorOutput, teacher: DetectorOutput,
@@ -123,6 +129,26 @@ def feature_map(out: DetectorOutput, tap: str) -> Tensor:
     return out.shared
 
 
+def init_adapter_as_selection(adapter: nn.Conv2d, index: Optional[Sequence[int]]) -> None:
+    """A(x)[index[j]] = x[j] and 0 on the teacher channels no student channel was cut from."""
+    c_t, c_s = adapter.weight.shape[:2]
+    if index is None or len(index) != c_s or not all(0 <= i < c_t for i in index) or len(set(index)) != c_s:
+        raise ItkdError(f"distill.itkd.adapter_init: 'selection' needs {c_s} distinct teacher channels below {c_t}, "
+                        f"got {'none' if index is None else len(index)}")
+    with torch.no_grad():
+        adapter.weight.zero_()
+        adapter.weight[list(index), list(range(c_s)), 0, 0] = 1.0
+        if adapter.bias is not None:
+            adapter.bias.zero_()
+
+
+def tap_channel_index(teacher_cfg: ModelConfig, student_cfg: ModelConfig, tap: str) -> list[int]:
+    """Teacher channel each student channel of the tapped map was cut from by channel selection."""
+    if tap == "neck":
+        return bev_channel_index(teacher_cfg, student_cfg)
+    return list(range(student_cfg.head.shared_conv_channels))  # the leading channels of the shared conv
+
+
 def tap_width(cfg: ModelConfig, tap: str) -> int:
     """Channels of the tapped map of a network built from ``cfg``."""
     return cfg.bev_out_channels if tap == "neck" else cfg.head.shared_conv_channels
@@ -154,4 +180,5 @@ def build_distiller(cfg: ItkdLossConfig, teacher_cfg: ModelConfig, student_cfg: 
     check_compatible(teacher_cfg, student_cfg)
     vel = teacher_cfg.head.with_velocity
     splits = [head_splits(len(task), vel) for task in teacher_cfg.head.tasks]
-    return ItkdDistiller(cfg, tap_width(teacher_cfg, cfg.tap), tap_width(student_cfg, cfg.tap), splits, vel)
+    return ItkdDistiller(cfg, tap_width(teacher_cfg, cfg.tap), tap_width(student_cfg, cfg.tap), splits, vel,
+                         tap_channel_index(teacher_cfg, student_cfg, cfg.tap))

@@ -66,6 +66,11 @@ def _block_index(teacher_widths: list[int], student_widths: list[int]) -> list[i
     return index
 
 
+def bev_channel_index(teacher_cfg: ModelConfig, student_cfg: ModelConfig) -> list[int]:
+    """Teacher channel of each channel of the student's neck output M (a concat of upsample blocks)."""
+    return _block_index(teacher_cfg.backbone_2d.num_upsample_filters, student_cfg.backbone_2d.num_upsample_filters)
+
+
 def concat_input_index(teacher_cfg: ModelConfig, student_cfg: ModelConfig) -> dict[str, tuple[int, list[int]]]:
     """Where a student tensor reads a CONCATENATION of narrowed blocks, the teacher channels it keeps.
 
@@ -77,8 +82,7 @@ def concat_input_index(teacher_cfg: ModelConfig, student_cfg: ModelConfig) -> di
     Returns:
         {state-dict key: (dim, teacher indices)} for every such tensor of the student.
     """
-    index = {"dense_head.shared_conv.0.weight": (1, _block_index(
-        teacher_cfg.backbone_2d.num_upsample_filters, student_cfg.backbone_2d.num_upsample_filters))}
+    index = {"dense_head.shared_conv.0.weight": (1, bev_channel_index(teacher_cfg, student_cfg))}
     if teacher_cfg.vfe.kind == "pillar":  # non-last PFN layers output width // 2 doubled by the concat
         t_f, s_f = teacher_cfg.vfe.filters, student_cfg.vfe.filters
         for i in range(1, len(t_f)):

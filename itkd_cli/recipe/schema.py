@@ -282,6 +282,11 @@ class ItkdLossConfig(Strict):
         "needs a larger latent_ratio: 1/12 of 32 channels leaves a 3-channel latent)."))
     head_fusion_guard: Literal["normalize", "frozen", "none"] = Field(
         "normalize", description="How the shared head-attention fusion conv is kept from collapsing to zero.")
+    adapter_init: Literal["random", "selection"] = Field("random", description=(
+        "Start of the student adapter A: 'random', PyTorch's default init (the method); 'selection', the channel "
+        "selection that derived the student (weight 1 from each student channel to the teacher channel it was cut "
+        "from, bias 0), so the adapter terms start by pulling each student channel toward its own teacher channel "
+        "instead of toward a random A's preimage (a departure; A(M_s) = M_t exactly only for a ratio-1.0 copy)."))
 
 
 class BaselineLossConfig(Strict):

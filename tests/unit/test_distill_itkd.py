@@ -271,3 +271,27 @@ def test_head_shared_tap_reads_the_shared_conv_output(shared_ratio):
 def test_unknown_tap_is_a_recipe_error_naming_the_field():
     with pytest.raises(ItkdError, match=r"distill\.itkd\.tap"):
         load_recipe("synth-pillar", ["distill.itkd.tap=bogus"])
+
+
+@pytest.mark.parametrize("tap", ["neck", "head_shared"])
+def test_selection_adapter_links_each_student_channel_to_its_origin(tap):
+    recipe = load_recipe("synth-pillar", [SIX_TASKS])
+    t_cfg = recipe.model
+    s_cfg = student_of(t_cfg, 0.25)
+    s_cfg = s_cfg.model_copy(update={"head": s_cfg.head.model_copy(update={"shared_conv_channels": 8})})
+    kd = build_distiller(ItkdLossConfig(adapter_init="selection", tap=tap), t_cfg, s_cfg)
+    if tap == "neck":  # M is a concat of upsample blocks: student block k starts where teacher block k starts
+        t_up, s_up = t_cfg.backbone_2d.num_upsample_filters, s_cfg.backbone_2d.num_upsample_filters
+        origin = [sum(t_up[:k]) + i for k, width in enumerate(s_up) for i in range(width)]
+    else:  # the shared conv keeps its leading channels
+        origin = list(range(8))
+    want = torch.zeros(kd.c_t, kd.c_s)
+    want[origin, range(kd.c_s)] = 1.0
+    assert torch.equal(kd.adapter.weight[:, :, 0, 0], want) and not kd.adapter.bias.any()
+    random = build_distiller(ItkdLossConfig(tap=tap), t_cfg, s_cfg).adapter.weight[:, :, 0, 0]
+    assert (random != 0).float().mean() > 0.99  # the method's default stays PyTorch's init
+    with pytest.raises(ItkdError, match=r"distill\.itkd\.adapter_init"):
+        type(kd)(ItkdLossConfig(adapter_init="selection"), kd.c_t, kd.c_s, kd.task_splits, kd.with_velocity)
+    with pytest.raises(ItkdError, match=r"distill\.itkd\.adapter_init"):  # two student channels, one origin
+        type(kd)(ItkdLossConfig(adapter_init="selection"), kd.c_t, kd.c_s, kd.task_splits, kd.with_velocity,
+                 [0] * kd.c_s)
