@@ -133,8 +133,10 @@ def init_adapter_as_selection(adapter: nn.Conv2d, index: Optional[Sequence[int]]
     """A(x)[index[j]] = x[j] and 0 on the teacher channels no student channel was cut from."""
     c_t, c_s = adapter.weight.shape[:2]
     if index is None or len(index) != c_s or not all(0 <= i < c_t for i in index) or len(set(index)) != c_s:
+        got = ("no channel map" if index is None
+               else f"{len(index)} channels, {len(set(index))} distinct, max {max(index, default=-1)}")
         raise ItkdError(f"distill.itkd.adapter_init: 'selection' needs {c_s} distinct teacher channels below {c_t}, "
-                        f"got {'none' if index is None else len(index)}")
+                        f"got {got}")
     with torch.no_grad():
         adapter.weight.zero_()
         adapter.weight[list(index), list(range(c_s)), 0, 0] = 1.0

@@ -268,9 +268,10 @@ def test_head_shared_tap_reads_the_shared_conv_output(shared_ratio):
         kd(student._replace(shared=None), teacher, targets)
 
 
-def test_unknown_tap_is_a_recipe_error_naming_the_field():
-    with pytest.raises(ItkdError, match=r"distill\.itkd\.tap"):
-        load_recipe("synth-pillar", ["distill.itkd.tap=bogus"])
+@pytest.mark.parametrize("field", ["tap", "adapter_init"])
+def test_unknown_choice_is_a_recipe_error_naming_the_field(field):
+    with pytest.raises(ItkdError, match=rf"distill\.itkd\.{field}"):
+        load_recipe("synth-pillar", [f"distill.itkd.{field}=bogus"])
 
 
 @pytest.mark.parametrize("tap", ["neck", "head_shared"])
