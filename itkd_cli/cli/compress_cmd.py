@@ -49,6 +49,8 @@ def compress_command(
         emit_json(result.report | {"report_md": str(result.report_md), "report_json": str(result.report_json)})
         return
     print_comparison(result.report)
+    for note in result.report.get("notes", []):
+        say(f"note: {note}")
     show_result(f"student: {result.student_checkpoint}\nreport:  {result.report_md}\ncurves:  {result.curves}")
 
 

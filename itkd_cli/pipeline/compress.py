@@ -22,7 +22,7 @@ from itkd_cli.evaluate.run import evaluate_nuscenes
 from itkd_cli.models.checkpoint import save_checkpoint
 from itkd_cli.pipeline.label_kd import LabelKD
 from itkd_cli.pipeline.profile import first_val_frame, profile_on_frame
-from itkd_cli.pipeline.report import plot_curves, write_report
+from itkd_cli.pipeline.report import plot_curves, teacher_notes, write_report
 from itkd_cli.pipeline.teacher_student import Pair, build_pair, resolve_recipe, student_recipe
 from itkd_cli.recipe.load import apply_flags, compress_flags
 from itkd_cli.recipe.schema import Recipe
@@ -181,6 +181,7 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
         "teacher": {**profile_on_frame(pair.teacher.model, frame), **t_metrics},
         "student": {**profile_on_frame(pair.student, frame), **s_metrics},
         "curves": str(curves) if curves else None,
+        "notes": teacher_notes(t_metrics, recipe.dataset.val_split),
         "recipe": recipe.model_dump(mode="json"),
     }
     rj, rm = write_report(out_dir, report)

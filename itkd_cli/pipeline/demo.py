@@ -17,13 +17,11 @@ from itkd_cli.data.synth import generate
 from itkd_cli.export.api import export_onnx
 from itkd_cli.models.checkpoint import read_checkpoint
 from itkd_cli.pipeline.compress import compress, compress_recipe
+from itkd_cli.pipeline.report import LEARNED_MAP
 from itkd_cli.recipe.load import load_recipe
 from itkd_cli.train.train import train
 
 Log = Callable[[str], None]
-
-# Below this teacher mAP the demo's teacher-vs-student table compares two detectors that learned nothing.
-LEARNED_MAP = 0.05
 
 
 def _finished_epochs(checkpoint: Path) -> int:

@@ -18,6 +18,20 @@ ROWS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# Below this teacher mAP a teacher-vs-student comparison compares two detectors that learned nothing.
+LEARNED_MAP = 0.05
+
+
+def teacher_notes(teacher: dict[str, Any], split: str) -> list[str]:
+    """Say so when the teacher scored (almost) nothing: it has nothing to teach, and every accuracy row is ~0."""
+    score = teacher.get("mAP")
+    if score is None or score >= LEARNED_MAP:
+        return []
+    return [f"the teacher scores mAP {score:.4f} on {split}: too little to distil from, so the accuracy rows "
+            "compare nothing; check that it was trained on this dataset's classes (`itkd eval --checkpoint "
+            "TEACHER`) or train it longer"]
+
+
 def _fmt(value: Any, fmt: str) -> str:
     return "n/a" if value is None else fmt.format(value)
 
@@ -50,6 +64,8 @@ def _markdown(report: dict[str, Any]) -> str:
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in comparison_rows(t, s)]
     lines += ["", "## AP per class", "", "| class | teacher | student |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in per_class_rows(t, s)]
+    if report.get("notes"):
+        lines += ["", "## Notes", "", *[f"- {note}" for note in report["notes"]]]
     if report.get("curves"):
         lines += ["", "## Training curves", "", f"![curves]({Path(report['curves']).name})"]
     return "\n".join(lines) + "\n"

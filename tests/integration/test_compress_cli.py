@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from itkd_cli.models.student import derive_student
+from itkd_cli.pipeline.report import LEARNED_MAP
 from itkd_cli.recipe.load import load_recipe, recipe_from_dict
 
 # Shrunken synth-pillar (64 x 64 pillars, narrow layers) so that each compress run stays cheap on CPU.
@@ -105,6 +106,9 @@ def _check_run(out: Path, teacher: Path, ratio: float, policy: str, method: str)
     assert report["student"]["gmacs"] < report["teacher"]["gmacs"]
     md = (out / "report.md").read_text()
     assert all(label in md for label in ("params", "MACs (G)", "CPU latency (ms)", "mAP", "NDS"))
+    # the module's teacher trained 2 steps: the report must say it has nothing to teach
+    learned = report["teacher"]["mAP"] >= LEARNED_MAP
+    assert (report["notes"] == []) == learned and ("too little to distil from" in md) != learned
     assert (out / "curves.png").stat().st_size > 0
 
 

@@ -278,7 +278,8 @@ def test_kd_warmup_must_end_before_kd_does():
 
 
 def test_demo_notes_a_teacher_that_learned_nothing() -> None:
-    from itkd_cli.pipeline.demo import LEARNED_MAP, accuracy_notes
+    from itkd_cli.pipeline.demo import accuracy_notes
+    from itkd_cli.pipeline.report import LEARNED_MAP
 
     assert accuracy_notes(0.34, 10, 10, "default") == []
     assert accuracy_notes(None, 10, 10, "default") == []  # no evaluation, nothing to judge
@@ -289,3 +290,23 @@ def test_demo_notes_a_teacher_that_learned_nothing() -> None:
     assert "--teacher-epochs" in short and "smoke test" not in short
     (custom_split,) = accuracy_notes(0.0, 3, None, "default")  # a --set train split the world does not count
     assert "after 3 epoch(s): too little" in custom_split
+
+
+def test_compress_report_notes_a_teacher_that_learned_nothing(tmp_path) -> None:
+    from itkd_cli.pipeline.report import LEARNED_MAP, teacher_notes, write_report
+
+    assert teacher_notes({"mAP": 0.34}, "synth_val") == []
+    assert teacher_notes({"mAP": LEARNED_MAP}, "synth_val") == []
+    assert teacher_notes({}, "synth_val") == []  # not evaluated: nothing to judge
+    (note,) = teacher_notes({"mAP": 0.012}, "synth_val")
+    assert "mAP 0.0120 on synth_val" in note and "too little to distil from" in note
+
+    side = {"params": 10, "gmacs": 1.0, "latency_ms": 2.0, "mAP": 0.0, "NDS": 0.0}
+    report = {"method": "itkd", "ratio": 0.25, "policy": "neck", "teacher_checkpoint": "t.pth",
+              "student_checkpoint": "s.pth", "split": "synth_val", "frames": 4, "teacher": side,
+              "student": side, "curves": None, "notes": teacher_notes(side, "synth_val")}
+    _, md = write_report(tmp_path, report)
+    text = md.read_text()
+    assert "## Notes" in text and "- the teacher scores mAP 0.0000 on synth_val" in text
+    _, md = write_report(tmp_path, {**report, "notes": []})
+    assert "## Notes" not in md.read_text()
