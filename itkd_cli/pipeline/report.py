@@ -28,8 +28,7 @@ def teacher_notes(teacher: dict[str, Any], split: str) -> list[str]:
     if score is None or score >= LEARNED_MAP:
         return []
     return [f"the teacher scores mAP {score:.4f} on {split}: too little to distil from, so the accuracy rows "
-            "compare nothing; check that it was trained on this dataset's classes (`itkd eval --checkpoint "
-            "TEACHER`) or train it longer"]
+            "compare nothing; check that it was trained on this dataset and its classes, or train it longer"]
 
 
 def _fmt(value: Any, fmt: str) -> str:
