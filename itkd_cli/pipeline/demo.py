@@ -17,7 +17,7 @@ from itkd_cli.data.synth import generate
 from itkd_cli.export.api import export_onnx
 from itkd_cli.models.checkpoint import read_checkpoint
 from itkd_cli.pipeline.compress import compress, compress_recipe
-from itkd_cli.pipeline.report import LEARNED_MAP
+from itkd_cli.pipeline.report import learned_nothing
 from itkd_cli.recipe.load import load_recipe
 from itkd_cli.train.train import train
 
@@ -53,7 +53,7 @@ def _side(report_side: dict[str, Any], exported: dict[str, Any]) -> dict[str, An
 
 def accuracy_notes(teacher_map: Optional[float], epochs: int, train_scenes: Optional[int], preset: str) -> list[str]:
     """Say so when the teacher learned nothing (e.g. preset ``small``): every mAP of the table is then ~0."""
-    if teacher_map is None or teacher_map >= LEARNED_MAP:
+    if not learned_nothing(teacher_map):
         return []
     advice = ("preset 'small' is a smoke test, use --preset default" if preset == "small"
               else "train longer (--teacher-epochs) or on more scenes (--scenes)")

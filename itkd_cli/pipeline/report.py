@@ -22,10 +22,15 @@ ROWS: tuple[tuple[str, str, str], ...] = (
 LEARNED_MAP = 0.05
 
 
+def learned_nothing(score: Optional[float]) -> bool:
+    """Whether a teacher's mAP is below ``LEARNED_MAP`` (None: not evaluated, nothing to judge)."""
+    return score is not None and score < LEARNED_MAP
+
+
 def teacher_notes(teacher: dict[str, Any], split: str) -> list[str]:
     """Say so when the teacher scored (almost) nothing: it has nothing to teach, and every accuracy row is ~0."""
     score = teacher.get("mAP")
-    if score is None or score >= LEARNED_MAP:
+    if not learned_nothing(score):
         return []
     return [f"the teacher scores mAP {score:.4f} on {split}: too little to distil from, so the accuracy rows "
             "compare nothing; check that it was trained on this dataset and its classes, or train it longer"]
