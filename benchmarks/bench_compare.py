@@ -40,6 +40,7 @@ RUNS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("fitnet", "fitnet", ()),
     ("sparsekd", "sparsekd", ()),
     ("itkd", "itkd", ()),
+    ("itkd paper", "itkd", ("distill.itkd.form=paper",)),
     ("itkd w/o L_cr", "itkd", ("distill.itkd.w_cr=0",)),
     ("itkd w/o L_it", "itkd", ("distill.itkd.w_it=0",)),
     ("itkd w/o head attn", "itkd", ("distill.itkd.w_head=0",)),
@@ -232,7 +233,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--only", nargs="*", default=None, help="run only these names (see RUNS)")
     ap.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME METHOD [KEY=VALUE]",
                     help="an extra run besides RUNS (always run, --only or not), e.g. "
-                         "--variant 'itkd detached M_s' itkd distill.itkd.detach_student_target=true")
+                         "--variant 'itkd paper form' itkd distill.itkd.form=paper")
     ap.add_argument("--tune-seed", type=int, default=None,
                     help="also score every model on the val split of a second world of this seed (the tuning "
                          "split: compare configurations there, keep the reported val split for the final numbers)")

@@ -20,7 +20,6 @@ import argparse
 import statistics
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -28,7 +27,8 @@ import torch
 
 from itkd_cli.data.loader import build_loader
 from itkd_cli.distill.baselines import kd_lambda
-from itkd_cli.pipeline.compress import build_distillation, compress_recipe, distill_step_fn
+from itkd_cli.distill.step import distill_step_fn
+from itkd_cli.pipeline.compress import build_distillation, compress_recipe
 from itkd_cli.train.loop import build_run, train_step
 
 METHODS = ("none", "hinton", "fitnet", "sparsekd", "itkd")
@@ -39,11 +39,12 @@ def make_stepper(out: Path, method: str, ratio: float, sets: list[str], total: i
     teacher_path = out / "teacher" / "last.pth"
     recipe = compress_recipe(teacher_path, str(out / "recipe.yaml"), sets, ratio, None, method)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    pair, kd, label_kd = build_distillation(recipe, teacher_path, device)
-    step_fn = distill_step_fn(pair, kd, partial(kd_lambda, recipe.distill), label_kd, recipe.distill.kd_warmup)
-    run = build_run(pair.student, {"kd": kd}, recipe.train, total, device)
-    pair.student.train()
-    kd.train()
+    d = build_distillation(recipe, teacher_path, device)
+    step_fn = distill_step_fn(d.student, d.teacher, d.kd, kd_lambda(recipe.distill), d.student_cfg.head, d.label_kd,
+                              recipe.distill.kd_warmup)
+    run = build_run(d.student, {"kd": d.kd}, recipe.train, total, device)
+    d.student.train()
+    d.kd.train()
 
     def one(batch, step: int) -> float:
         t0 = time.perf_counter()

@@ -77,8 +77,3 @@ def bench():
     """benchmarks/bench_compare.py as a module."""
     return load_benchmark("bench_compare")
 
-
-@pytest.fixture(scope="module")
-def probe():
-    """benchmarks/probe_kd_pull.py as a module."""
-    return load_benchmark("probe_kd_pull")

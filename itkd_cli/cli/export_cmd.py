@@ -53,12 +53,13 @@ def register(app: typer.Typer) -> None:
         (BEV map -> neck -> heads) and the sparse encoder stays outside (see the model card).
         A difference above --atol exits 1 (the .onnx is kept); bad input exits 2.
         """
-        from itkd_cli.export.api import export_onnx
+        from itkd_cli.pipeline.export_run import export_checkpoint
 
         if not onnx:
             raise ItkdError("export: choose a format: --onnx", hint="itkd export --onnx --checkpoint C")
-        result = export_onnx(checkpoint, out or checkpoint.parent, opset=opset, atol=atol, with_decode=with_decode,
-                             data_root=data_root, version=version, split=split, overrides=sets, progress=say)
+        result = export_checkpoint(checkpoint, out or checkpoint.parent, opset=opset, atol=atol,
+                                   with_decode=with_decode, data_root=data_root, version=version, split=split,
+                                   overrides=sets, progress=say)
         if result.graph == "voxel_dense":
             say("[yellow]note:[/] only the dense part (BEV map -> neck -> heads) is in the ONNX graph; the sparse "
                 "3D encoder needs an spconv/TensorRT plugin or a CUDA-CenterPoint-like runtime; input 'bev' "

@@ -37,13 +37,10 @@ class DetectorOutput(NamedTuple):
     bev: the neck output M (B, C, H, W), after upsample+concat, before the head's shared conv:
         the tap point of feature distillation (the method's).
     tasks: one TaskHeadOutput per task head, in recipe order.
-    shared: the head's shared-conv output (B, shared_conv_channels, H, W), the input of every task
-        head: the other tap ``distill.itkd.tap`` offers; None where a caller did not keep it.
     """
 
     bev: Tensor
     tasks: tuple[TaskHeadOutput, ...]
-    shared: Optional[Tensor] = None
 
 
 def detached(out: DetectorOutput) -> DetectorOutput:
@@ -53,7 +50,7 @@ def detached(out: DetectorOutput) -> DetectorOutput:
         return None if t is None else t.detach()
 
     tasks = tuple(TaskHeadOutput(*(cut(t) for t in task)) for task in out.tasks)
-    return DetectorOutput(cut(out.bev), tasks, cut(out.shared))
+    return DetectorOutput(cut(out.bev), tasks)
 
 
 class TaskTargets(NamedTuple):

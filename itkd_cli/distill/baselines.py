@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from itkd_cli.core.types import DetectorOutput, Detections, TaskTargets
 from itkd_cli.distill.autoencoder import build_adapter
 from itkd_cli.distill.itkd import build_distiller, check_compatible
-from itkd_cli.distill.losses import KDTerms, check_same_grid, scheduled_lambda, zero_terms
+from itkd_cli.distill.losses import KDTerms, check_same_grid, zero_terms
 from itkd_cli.recipe.schema import DistillConfig, ModelConfig
 
 
@@ -146,13 +146,11 @@ class SparseKD(nn.Module):
         return zero_terms(student.bev, hm=hm, total=hm)
 
 
-def kd_lambda(cfg: DistillConfig, progress: float = 0.0) -> float:
-    """lambda of ``combine`` for the chosen method at ``progress`` (fraction of the training steps done)
-    under ``distill.lam_schedule`` / ``distill.kd_until``; always 0 for ``none`` (detection loss unscaled)."""
+def kd_lambda(cfg: DistillConfig) -> float:
+    """lambda of ``combine`` for the chosen method; 0 for ``none`` (detection loss unscaled)."""
     if cfg.method == "none":
         return 0.0
-    lam = cfg.itkd.lam if cfg.method == "itkd" else cfg.baseline.lam
-    return scheduled_lambda(lam, cfg.lam_schedule, cfg.kd_until, progress)
+    return cfg.itkd.lam_value if cfg.method == "itkd" else cfg.baseline.lam
 
 
 def build_kd(cfg: DistillConfig, teacher_cfg: ModelConfig, student_cfg: ModelConfig) -> nn.Module:

@@ -13,7 +13,7 @@ its logits untouched.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.types import REG_HEADS, VEL_HEAD, TaskHeadOutput
-from itkd_cli.distill.losses import gather_at_centres
 
 GUARDS = ("normalize", "frozen", "none")
 
@@ -56,12 +55,12 @@ def relation_attention(x: Tensor, n_valid: Tensor) -> Tensor:
 
     scores = X^T X / sqrt(N) (C x C); each output channel j is a convex combination of the input
     channels weighted by softmax_i(scores[i, j]) (softmax over the input-channel axis, as the
-    public code), i.e. out = X . softmax(scores). N is the number of VALID objects of the frame
-    (padded rows are zero and add nothing to X^T X), so max_objects does not change the result.
+    public code), i.e. out = X . softmax(scores). Padded rows are zero and add nothing to X^T X; N is
+    the valid objects of the frame (default form) or the max_objects slots (paper form).
 
     Args:
-        x: (B, N, C) features at object centres, padded rows zero.
-        n_valid: (B,) valid objects per frame.
+        x: (B, M, C) features at object centres, padded rows zero.
+        n_valid: (B,) the N of each frame.
 
     Returns:
         (B, N, C); padded rows stay zero.
@@ -105,6 +104,8 @@ class HeadFusion(nn.Module):
         Starts at a = 1/2.
       - ``frozen``: fixed [I | I] / 2 (mean of inter and intra), a buffer, never trained.
       - ``none``: plain learned Conv1d with bias (the public code; it collapses, see the tests).
+    itKD always uses ``normalize`` (both forms: the collapse is a defect, not the method); the other two
+    guards exist for the tests that show why.
 
     Args:
         channels: C of the task head.
@@ -114,7 +115,7 @@ class HeadFusion(nn.Module):
     def __init__(self, channels: int, guard: str) -> None:
         super().__init__()
         if guard not in GUARDS:
-            raise ItkdError(f"distill.itkd.head_fusion_guard: unknown guard {guard!r}", hint=f"one of {GUARDS}")
+            raise ValueError(f"HeadFusion: unknown guard {guard!r} (one of {GUARDS})")
         self.guard = guard
         eye = torch.eye(channels)
         if guard == "none":
@@ -151,38 +152,33 @@ def teacher_channel_scale(x_t: Tensor, mask: Tensor, floor: float = 1e-2) -> Ten
     return torch.where(n >= 2, rms, torch.ones_like(rms))
 
 
-def head_attention_sum(student: TaskHeadOutput, teacher: TaskHeadOutput, ind: Tensor, mask: Tensor,
-                       fusion: HeadFusion, splits: Sequence[int], with_velocity: bool,
-                       standardize: bool = False, smooth_beta: float = 0.0) -> Tensor:
+def head_attention_sum(x_s: Tensor, x_t: Tensor, mask: Tensor, fusion: HeadFusion, splits: Sequence[int],
+                       standardize: bool, slots: Optional[int] = None) -> Tensor:
     """Summed L1 between fused student and teacher rows of ONE task head, valid objects only.
 
     Args:
-        student: Student head outputs, maps (B, *, H, W).
-        teacher: Teacher head outputs (detached here).
-        ind: (B, M) centre indices of this task's objects.
+        x_s: (B, M, C) student head features at the centres (``head_features`` + ``gather_at_centres``).
+        x_t: (B, M, C) teacher head features (detached here).
         mask: (B, M) bool.
         fusion: This task's shared fusion module.
         splits: Channel blocks (see ``head_splits``).
-        with_velocity: Whether the head has a velocity branch.
-        standardize: Divide both sides' channels by ``teacher_channel_scale`` before the attention (not
-            in the method: without it the largest channels, box size and velocity, dominate X^T X and
-            the sharp softmax turns most output channels into copies of them).
-        smooth_beta: 0: the method's L1. > 0: smooth L1 (Huber) with this beta, quadratic below it, so
-            the gradient shrinks as the student nears the teacher (L1's keeps its full size however close).
+        standardize: Divide both sides' channels by ``teacher_channel_scale`` before the attention (the
+            default form; without it the largest channels, box size and velocity, dominate X^T X and the
+            sharp softmax turns most output channels into copies of them).
+        slots: N of the attention's sqrt(N): None for the valid objects of each frame (the default form),
+            else this fixed number (the paper form: the max_objects slots of the public code).
 
     Returns:
-        Scalar: sum over valid objects and channels of |fused_s - fused_t| (smooth L1 with ``smooth_beta``)
-        (divide by the number of valid objects of ALL tasks to get the loss).
+        Scalar: sum over valid objects and channels of |fused_s - fused_t| (divide by the number of valid
+        objects of ALL tasks to get the loss).
     """
-    n_valid = mask.sum(dim=1)
+    n = mask.sum(dim=1) if slots is None else torch.full((mask.shape[0],), slots, device=mask.device)
     # float32 with autocast off: X^T X sums over all objects and could overflow half precision
-    with torch.autocast(device_type=ind.device.type, enabled=False):
-        x_s = gather_at_centres(head_features(student, with_velocity).float(), ind, mask)
-        x_t = gather_at_centres(head_features(teacher, with_velocity).detach().float(), ind, mask)
+    with torch.autocast(device_type=mask.device.type, enabled=False):
+        x_s, x_t = x_s.float(), x_t.detach().float()
         if standardize:
             scale = teacher_channel_scale(x_t, mask)
             x_s, x_t = x_s / scale, x_t / scale
-        f_s = fusion(inter_intra(x_s, splits, n_valid))
-        f_t = fusion(inter_intra(x_t, splits, n_valid))
-        per_element = F.smooth_l1_loss(f_s, f_t, reduction="none", beta=smooth_beta)  # beta 0: plain L1
-        return (per_element * mask.unsqueeze(-1).to(f_s.dtype)).sum()
+        f_s = fusion(inter_intra(x_s, splits, n))
+        f_t = fusion(inter_intra(x_t, splits, n))
+        return ((f_s - f_t).abs() * mask.unsqueeze(-1).to(f_s.dtype)).sum()

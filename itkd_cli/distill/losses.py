@@ -1,13 +1,13 @@
 """Pure itKD loss functions (no parameters, no state): tensors in, scalar tensors out.
 
 Reductions are chosen so that the number of task heads never multiplies a loss (defect 6 of the
-public code): objects of all task heads are pooled once and averaged over VALID objects only.
+public code): objects of all task heads are pooled once; the default form averages over VALID objects,
+the paper form over the max_objects slots as the public code.
 """
 
 from __future__ import annotations
 
-import math
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,21 +45,6 @@ def zero_terms(ref: Tensor, **terms: Tensor) -> KDTerms:
 def combine(det_loss: Tensor, kd_total: Tensor, lam: float) -> Tensor:
     """Total training loss ``lam * kd + (1 - lam) * det`` (lam = lambda of the recipe)."""
     return lam * kd_total + (1.0 - lam) * det_loss
-
-
-def scheduled_lambda(lam: float, schedule: str, until: float, progress: float) -> float:
-    """lambda at ``progress`` (fraction of the training steps done, in [0, 1]): ``lam`` while
-    schedule is 'constant', decaying linearly or along a half cosine to 0 at ``until``; 0 from ``until`` on."""
-    if progress >= until:
-        return 0.0
-    x = progress / until
-    if schedule == "constant":
-        return lam
-    if schedule == "linear":
-        return lam * (1.0 - x)
-    if schedule == "cosine":
-        return lam * 0.5 * (1.0 + math.cos(math.pi * x))
-    raise ItkdError(f"distill.lam_schedule: unknown schedule '{schedule}'")
 
 
 def pooled_centres(targets: Sequence[TaskTargets]) -> tuple[Tensor, Tensor]:
@@ -101,25 +86,28 @@ def gather_at_centres(feat: Tensor, ind: Tensor, mask: Tensor) -> Tensor:
     return out.transpose(1, 2) * mask.unsqueeze(-1).to(feat.dtype)
 
 
-def mse_at_centres(pred: Tensor, target: Tensor, ind: Tensor, mask: Tensor) -> Tensor:
-    """MSE_gt: squared error at the ground-truth centres, averaged over VALID objects only.
+def mse_at_centres(pred: Tensor, target: Tensor, ind: Tensor, mask: Tensor, slots: Optional[int] = None) -> Tensor:
+    """MSE_gt: squared error at the ground-truth centres.
 
-    Mean over channels and valid objects: ``sum_valid sum_c (p - t)^2 / (n_valid * C)``.
-    With no valid object it returns 0 (still attached to the graph, never NaN).
+    ``sum_valid sum_c (p - t)^2 / (n * C)`` with n the VALID objects of the batch (``slots`` None, the default
+    form) or ``B * slots`` (the paper form: the public code averages over all max_objects slots, padded ones
+    included, which makes the term 25-43x weaker on the embedded world). With no valid object it returns 0
+    (still attached to the graph, never NaN).
 
     Args:
         pred: (B, C, H, W).
         target: (B, C, H, W).
         ind: (B, M) flat centre indices.
         mask: (B, M) bool.
+        slots: Object slots per frame of the paper form, or None.
 
     Returns:
         Scalar tensor.
     """
     # float32: a half-precision sum over objects x channels could overflow under autocast
     diff = (gather_at_centres(pred, ind, mask) - gather_at_centres(target, ind, mask)).float()
-    n = mask.sum().clamp(min=1).float() * pred.shape[1]
-    return diff.pow(2).sum() / n
+    n = mask.sum().clamp(min=1).float() if slots is None else float(pred.shape[0] * slots)
+    return diff.pow(2).sum() / (n * pred.shape[1])
 
 
 def cr_loss(z_s: Tensor, z_t: Tensor, normalize: bool = True, eps: float = 1e-6) -> Tensor:
@@ -129,7 +117,7 @@ def cr_loss(z_s: Tensor, z_t: Tensor, normalize: bool = True, eps: float = 1e-6)
     degenerate minimum: the shared encoder can shrink (or offset) its latent and the decoder undo it,
     which drives L_cr to 0 without the codes agreeing (measured: 0.035 -> 0.000 in ~25 steps; the
     extreme case, dead hidden ReLUs giving both sides the same constant code, is prevented by keeping
-    L_cr's gradient off the encoder, see ``ItkdLossConfig.cr_trains_encoder``). With
+    L_cr's gradient off the encoder, as the default form does). With
     ``normalize=True`` each latent channel's mean absolute difference is divided by that channel's
     standard deviation of the teacher code (population std over batch and map, kept in the graph),
     so the loss is invariant to any per-channel affine change of the latent and cannot be cheated.
@@ -151,11 +139,11 @@ def cr_loss(z_s: Tensor, z_t: Tensor, normalize: bool = True, eps: float = 1e-6)
 
 
 def it_loss(s2t: Tensor, m_t: Tensor, t2s: Tensor, m_s: Tensor, ind: Tensor, mask: Tensor,
-            detach_student_target: bool = False) -> Tensor:
+            detach_student_target: bool, slots: Optional[int] = None) -> Tensor:
     """L_it = [L1(S->T, M_t) + MSE_gt(S->T, M_t)] + [L1(T->S, M_s) + MSE_gt(T->S, M_s)].
 
     The teacher map is always detached. L1 terms are means over every map element; MSE_gt terms
-    average over valid objects (see ``mse_at_centres``).
+    average as ``mse_at_centres`` with ``slots``.
 
     Args:
         s2t: A(D(E(A(M_s)))) (B, C_t, H, W).
@@ -164,15 +152,16 @@ def it_loss(s2t: Tensor, m_t: Tensor, t2s: Tensor, m_s: Tensor, ind: Tensor, mas
         m_s: Student map M_s (B, C_s, H, W).
         ind: (B, M) flat centre indices of all objects.
         mask: (B, M) bool.
-        detach_student_target: Detach M_s as the target of T->S (public code does not).
+        detach_student_target: Detach M_s as the target of T->S (the default form; the public code does not).
+        slots: See ``mse_at_centres``.
 
     Returns:
         Scalar tensor.
     """
     m_t = m_t.detach()
     tgt_s = m_s.detach() if detach_student_target else m_s
-    s_to_t = F.l1_loss(s2t, m_t) + mse_at_centres(s2t, m_t, ind, mask)
-    t_to_s = F.l1_loss(t2s, tgt_s) + mse_at_centres(t2s, tgt_s, ind, mask)
+    s_to_t = F.l1_loss(s2t, m_t) + mse_at_centres(s2t, m_t, ind, mask, slots)
+    t_to_s = F.l1_loss(t2s, tgt_s) + mse_at_centres(t2s, tgt_s, ind, mask, slots)
     return s_to_t + t_to_s
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.io import write_json
 from itkd_cli.core.types import Batch, Detections
-from itkd_cli.evaluate.decode import decode
+from itkd_cli.models.decode import decode
 from itkd_cli.evaluate.nuscenes_eval import check_class_names, run_detection_eval, split_sample_tokens, write_results
 from itkd_cli.recipe.schema import ModelConfig, Recipe
 

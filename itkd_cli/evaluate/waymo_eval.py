@@ -24,7 +24,7 @@ from torch import nn
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.io import atomic_path, write_json
 from itkd_cli.core.types import Detections
-from itkd_cli.evaluate.decode import decode
+from itkd_cli.models.decode import decode
 from itkd_cli.recipe.schema import ModelConfig, Recipe
 
 TOOL = Path(__file__).with_name("waymo_tool.py")

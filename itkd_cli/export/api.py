@@ -1,11 +1,11 @@
-"""`export_onnx`: checkpoint -> .onnx (+ metadata) -> parity on real frames -> model card."""
+"""`load_for_export` (checkpoint -> model, recipe) and `export_onnx` (model + real frames -> .onnx (+ metadata)
+-> parity -> model card). The frames come from the caller (``itkd_cli.pipeline.export_run``): export reads no data."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
-
 
 import torch
 
@@ -14,7 +14,7 @@ from itkd_cli.core.io import write_text
 from itkd_cli.export.card import Latency, measure_latency, model_card
 from itkd_cli.export.metadata import DECODE_NOTE, SPARSE_NOTE, build_metadata
 from itkd_cli.export.onnx_file import require_writable_dir, write_onnx
-from itkd_cli.export.verify import Frame, FrameReport, graph_inputs, load_frames, ort_session, verify_onnx
+from itkd_cli.export.verify import Frame, FrameReport, graph_inputs, ort_session, verify_onnx
 from itkd_cli.export.wrappers import DENSE_INPUTS, PILLAR_INPUTS, build_graph, output_names
 from itkd_cli.core.types import Batch
 from itkd_cli.models.centerpoint import CenterPoint
@@ -87,44 +87,62 @@ def complexity(model: CenterPoint, batch: Batch) -> dict[str, int]:
     return {**macs, "total": sum(macs.values())}
 
 
-def _frames(model: CenterPoint, recipe: Recipe, split: str) -> list[tuple[Frame, Batch]]:
-    return [(Frame(label, int(batch.voxels.shape[0]), graph_inputs(model, recipe, batch)), batch)
-            for label, batch in load_frames(recipe, split, count=2)]
-
-
-def export_onnx(checkpoint: str | Path, out_dir: str | Path, opset: Optional[int] = None, atol: Optional[float] = None,
-                with_decode: Optional[bool] = None, data_root: Optional[str] = None, version: Optional[str] = None,
-                split: Optional[str] = None, overrides: Sequence[str] = (), latency_runs: int = 5,
-                progress: Callable[[str], None] = lambda _: None) -> ExportResult:
-    """Export our checkpoint to ONNX, verify it on two real frames, write the model card.
+def load_for_export(checkpoint: str | Path, data_root: Optional[str] = None, version: Optional[str] = None,
+                    overrides: Sequence[str] = (),
+                    out_dir: str | Path | None = None) -> tuple[CenterPoint, Recipe, str]:
+    """Our checkpoint -> (model in eval mode, its recipe with the dataset pointed as asked, role).
 
     Args:
         checkpoint: our .pth / .safetensors (the recipe of THIS network is inside).
+        data_root, version, overrides: where the verification frames are (see ``with_dataset``).
+        out_dir: when given, created and checked writable before the checkpoint is loaded.
+
+    Raises:
+        ItkdError: no such checkpoint, an unwritable out folder, a bad checkpoint or dataset override.
+    """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise ItkdError(f"{checkpoint}: no such checkpoint file")
+    if out_dir is not None:
+        require_writable_dir(Path(out_dir))
+    model, recipe, role = load_checkpoint_model(checkpoint)
+    return model, with_dataset(recipe, data_root, version, overrides), role
+
+
+def graph_frames(model: CenterPoint, recipe: Recipe, frames: Sequence[tuple[str, Batch]]) -> list[Frame]:
+    """(label, one-frame Batch) pairs -> verification Frames holding the export graph's inputs."""
+    return [Frame(label, int(batch.voxels.shape[0]), graph_inputs(model, recipe, batch)) for label, batch in frames]
+
+
+def export_onnx(checkpoint: str | Path, model: CenterPoint, recipe: Recipe, role: str,
+                frames: Sequence[tuple[str, Batch]], out_dir: str | Path, opset: Optional[int] = None,
+                atol: Optional[float] = None, with_decode: Optional[bool] = None, latency_runs: int = 5,
+                progress: Callable[[str], None] = lambda _: None) -> ExportResult:
+    """Export a loaded checkpoint to ONNX, verify it on the given real frames, write the model card.
+
+    Args:
+        checkpoint: the file ``model`` came from (names the outputs; recorded in the card).
+        model, recipe, role: as ``load_for_export`` returns them.
+        frames: (label, one-frame Batch) verification frames, e.g. ``itkd_cli.data.frames.sample_frames``;
+            the first one traces the graph.
         out_dir: folder for ``<stem>.onnx`` and ``<stem>.model_card.md``.
-        opset, atol, with_decode: default to the stored recipe's ``export`` section.
-        data_root, version, split: verification frames (default: the recipe's dataset, val split).
-        overrides: extra ``dataset.key=value`` settings (e.g. dataset.cache_dir, dataset.sweeps).
+        opset, atol, with_decode: default to the recipe's ``export`` section.
         latency_runs: timed forwards per runtime for the model card's median latency (>= 1).
         progress: status-line callback.
 
     Raises:
-        ItkdError: bad checkpoint, dataset or out folder (exit 2).
+        ItkdError: bad out folder or no frames (exit 2).
         JobFailed: export, checker or parity failure (exit 1); a written .onnx is kept and named.
     """
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    if not checkpoint.is_file():
-        raise ItkdError(f"{checkpoint}: no such checkpoint file")
     require_writable_dir(out_dir)
-    model, recipe, role = load_checkpoint_model(checkpoint)
-    recipe = with_dataset(recipe, data_root, version, overrides)
+    if not frames:
+        raise ItkdError(f"{checkpoint}: export needs at least one verification frame")
     cfg = recipe.export
     opset = cfg.opset if opset is None else opset
     atol = cfg.atol if atol is None else atol
     with_decode = cfg.with_decode if with_decode is None else with_decode
-    split = split or recipe.dataset.val_split
-    progress(f"reading 2 frames of {recipe.dataset.root} / {split}")
-    loaded = _frames(model, recipe, split)
-    frames = [f for f, _ in loaded]
+    inputs_of = graph_frames(model, recipe, frames)
     graph = build_graph(model, recipe.model, recipe.dataset.class_names, with_decode)
     pillar = recipe.model.vfe.kind == "pillar"
     names = output_names(recipe.model, with_decode)
@@ -133,13 +151,13 @@ def export_onnx(checkpoint: str | Path, out_dir: str | Path, opset: Optional[int
     meta = build_metadata(recipe, with_decode)
     path = out_dir / f"{checkpoint.stem}.onnx"
     progress(f"exporting {'pillar model' if pillar else 'dense part (BEV -> neck -> heads)'} to {path}")
-    write_onnx(graph, frames[0].inputs, path, inputs, names, dyn, opset, meta)
+    write_onnx(graph, inputs_of[0].inputs, path, inputs, names, dyn, opset, meta)
     progress("verifying PyTorch vs onnxruntime")
     session = ort_session(path)
-    reports = verify_onnx(path, graph, frames, names, recipe, with_decode, atol, session)
-    latency = measure_latency(graph, session, frames[0].inputs, runs=max(1, latency_runs),
+    reports = verify_onnx(path, graph, inputs_of, names, recipe, with_decode, atol, session)
+    latency = measure_latency(graph, session, inputs_of[0].inputs, runs=max(1, latency_runs),
                               warmup=1 if latency_runs > 1 else 0)
-    macs = complexity(model, loaded[0][1])
+    macs = complexity(model, frames[0][1])
     deployment = (PILLAR_NOTE if pillar else SPARSE_NOTE) + (" " + DECODE_NOTE if with_decode else "")
     info = {"checkpoint": checkpoint, "onnx": path, "role": role, "opset": opset, "atol": atol,
             "with_decode": with_decode, "params": sum(p.numel() for p in model.parameters()),

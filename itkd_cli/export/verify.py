@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from itkd_cli.core.errors import ItkdError, JobFailed
+from itkd_cli.core.errors import JobFailed
 from itkd_cli.core.types import Batch, Detections
-from itkd_cli.evaluate.decode import decode
+from itkd_cli.models.decode import decode
 from itkd_cli.export.wrappers import as_detector_output
 from itkd_cli.models.centerpoint import CenterPoint
 from itkd_cli.recipe.schema import Recipe
@@ -54,30 +54,6 @@ class FrameReport:
     outputs: list[OutputDiff]
     decoded: DecodedDiff
     problems: list[str] = field(default_factory=list)
-
-
-def load_frames(recipe: Recipe, split: str, count: int = 2) -> list[tuple[str, Batch]]:
-    """``count`` real frames of ``split`` through our pipeline (eval mode: no augmentation).
-
-    Frames are spread over the split so their pillar counts differ. A split with fewer frames is padded
-    with the training-augmented view of its first frame (still real data; labelled as such).
-
-    Raises:
-        ItkdError: dataset missing / split unknown or empty.
-    """
-    from itkd_cli.data.loader import collate
-    from itkd_cli.data.nuscenes import NuScenesDataset
-
-    ds = NuScenesDataset(recipe, split, train=False)
-    if len(ds) == 0:
-        raise ItkdError(f"split {split!r}: no frames in {recipe.dataset.root}", hint="pass --split")
-    picks = sorted({int(i) for i in np.linspace(0, len(ds) - 1, count).round()})
-    frames = [(f"{split}[{i}] {ds.tokens[i]}", collate([ds[i]], recipe)) for i in picks]
-    if len(frames) < count:
-        aug = NuScenesDataset(recipe, split, train=True)
-        frames.append((f"{split}[0] {ds.tokens[0]} (training augmentation, seed {recipe.train.seed})",
-                       collate([aug[(0, 0)]], recipe)))
-    return frames
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from itkd_cli.core.types import REG_HEADS, VEL_HEAD, DetectorOutput, TaskHeadOutput
-from itkd_cli.evaluate.decode import decode_task, task_label_maps
+from itkd_cli.models.decode import decode_task, task_label_maps
 from itkd_cli.models.centerpoint import CenterPoint
 from itkd_cli.recipe.schema import ModelConfig
 
@@ -161,6 +161,6 @@ def build_graph(model: CenterPoint, model_cfg: ModelConfig, class_names: Sequenc
 
 
 def as_detector_output(flat: Sequence[Tensor], model_cfg: ModelConfig) -> DetectorOutput:
-    """Raw graph outputs -> DetectorOutput for ``evaluate.decode`` (bev is not a graph output: empty)."""
+    """Raw graph outputs -> DetectorOutput for ``models.decode`` (bev is not a graph output: empty)."""
     tasks = unflatten_tasks(flat, model_cfg)
     return DetectorOutput(bev=tasks[0].hm.new_zeros(0), tasks=tasks)

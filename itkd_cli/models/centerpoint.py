@@ -55,7 +55,6 @@ class CenterPoint(nn.Module):
         return self.dense_head(bev)
 
     def forward(self, voxels: Tensor, num_points: Tensor, coords: Tensor, batch_size: int) -> DetectorOutput:
-        """Full forward: DetectorOutput(bev=M, tasks=head maps, shared=the head's shared-conv output)."""
+        """Full forward: DetectorOutput(bev=M, tasks=head maps)."""
         bev = self.forward_bev(voxels, num_points, coords, batch_size)
-        shared = self.dense_head.shared_conv(bev)
-        return DetectorOutput(bev=bev, tasks=self.dense_head.forward_tasks(shared), shared=shared)
+        return DetectorOutput(bev=bev, tasks=self.forward_head(bev))

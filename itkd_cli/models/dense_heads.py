@@ -58,8 +58,5 @@ class CenterHead(nn.Module):
 
     def forward(self, bev: Tensor) -> tuple[TaskHeadOutput, ...]:
         """Neck map M (B, C, H, W) -> one TaskHeadOutput per task."""
-        return self.forward_tasks(self.shared_conv(bev))
-
-    def forward_tasks(self, shared: Tensor) -> tuple[TaskHeadOutput, ...]:
-        """Shared-conv output (B, shared_channels, H, W) -> one TaskHeadOutput per task."""
+        shared = self.shared_conv(bev)
         return tuple(head(shared) for head in self.heads_list)

@@ -1,9 +1,17 @@
-"""Derive a narrower student ModelConfig from a teacher's: same grid and BEV resolution, fewer channels."""
+"""The student: a narrower ModelConfig derived from the teacher's (same grid and BEV resolution, fewer
+channels), the map from each student channel to the teacher channel it was cut from, and the weight
+surgery that starts the student from the teacher by that map (channel selection)."""
 
 from __future__ import annotations
 
+from typing import Optional
+
+import torch
+from torch import nn
+
 from itkd_cli.core.errors import ItkdError
-from itkd_cli.recipe.schema import ModelConfig
+from itkd_cli.models.build import build_model
+from itkd_cli.recipe.schema import ModelConfig, StudentConfig
 
 POLICIES = ("neck", "full")
 
@@ -89,3 +97,42 @@ def concat_input_index(teacher_cfg: ModelConfig, student_cfg: ModelConfig) -> di
             t_half, s_half = t_f[i - 1] // 2, s_f[i - 1] // 2
             index[f"vfe.pfn_layers.{i}.linear.weight"] = (1, _block_index([t_half, t_half], [s_half, s_half]))
     return index
+
+
+def channel_select(student: nn.Module, teacher: nn.Module,
+                   concat_index: Optional[dict[str, tuple[int, list[int]]]] = None) -> int:
+    """Initialise the student from the teacher by keeping the leading channels of every tensor.
+
+    Args:
+        student: Narrower network (same layer names).
+        teacher: Trained teacher.
+        concat_index: {key: (dim, teacher indices)} for tensors that read a concat of narrowed
+            blocks (``concat_input_index``): along ``dim`` they keep those channels.
+
+    Returns:
+        Number of student tensors initialised (shapes must be no larger than the teacher's).
+    """
+    t_state, concat_index = teacher.state_dict(), concat_index or {}
+    new_state, copied = {}, 0
+    for key, s_val in student.state_dict().items():
+        t_val = t_state.get(key)
+        if t_val is None or t_val.dim() != s_val.dim() or any(s > t for s, t in zip(s_val.shape, t_val.shape)):
+            new_state[key] = s_val
+            continue
+        if key in concat_index:
+            dim, keep = concat_index[key]
+            t_val = t_val.index_select(dim, torch.tensor(keep, dtype=torch.long, device=t_val.device))
+        new_state[key] = t_val[tuple(slice(0, s) for s in s_val.shape)].clone()
+        copied += 1
+    student.load_state_dict(new_state)
+    return copied
+
+
+def build_student(teacher_cfg: ModelConfig, teacher: nn.Module, cfg: StudentConfig) -> tuple[ModelConfig, nn.Module]:
+    """The student of ``teacher`` as the recipe's ``student`` section says: its config and its network,
+    started from the teacher by channel selection when ``cfg.init_from_teacher`` (else PyTorch's init)."""
+    student_cfg = derive_student(teacher_cfg, cfg.ratio, cfg.policy)
+    student = build_model(student_cfg)
+    if cfg.init_from_teacher:
+        channel_select(student, teacher, concat_input_index(teacher_cfg, student_cfg))
+    return student_cfg, student

@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 from itkd_cli.core.io import write_json
 from itkd_cli.data.synth import generate
-from itkd_cli.export.api import export_onnx
+from itkd_cli.pipeline.export_run import export_checkpoint
 from itkd_cli.models.checkpoint import read_checkpoint
 from itkd_cli.pipeline.compress import compress, compress_recipe
 from itkd_cli.pipeline.report import learned_nothing
@@ -39,7 +39,7 @@ def _export_once(checkpoint: Path, out_dir: Path, log: Log) -> dict[str, Any]:
         if data.get("checkpoint") == str(checkpoint) and Path(data["onnx"]).is_file():
             log(f"      reusing the verified export {data['onnx']}")
             return data
-    data = export_onnx(checkpoint, out_dir, progress=log).to_dict()
+    data = export_checkpoint(checkpoint, out_dir, progress=log).to_dict()
     write_json(record, data)
     return data
 
@@ -70,12 +70,16 @@ def demo_overrides(data_root: Path, teacher_epochs: Optional[int], extra: list[s
     return sets + list(extra)
 
 
-def run_demo(out: Path, *, recipe_name: str = "synth-pillar", preset: str = "default", seed: int = 0,
-             scenes: Optional[int] = None, frames: Optional[int] = None, ratio: float = 0.25,
+def run_demo(out: Path, *, recipe_name: str = "synth-pillar", compress_recipe_name: str = "synth-pillar-itkd-1-4",
+             preset: str = "default", seed: int = 0, scenes: Optional[int] = None, frames: Optional[int] = None,
+             ratio: Optional[float] = None,
              teacher_epochs: Optional[int] = None, student_epochs: Optional[int] = None,
              max_eval_frames: Optional[int] = None, extra: tuple[str, ...] = (), quiet: bool = False,
              log: Log = print) -> dict[str, Any]:
-    """Run (or resume) the whole main job; returns the summary also written to ``out/demo.json``."""
+    """Run (or resume) the whole main job; returns the summary also written to ``out/demo.json``.
+
+    The teacher trains on ``recipe_name``; the student is distilled as ``compress_recipe_name`` says (its
+    ratio, method and schedule) unless ``ratio`` / ``student_epochs`` override them."""
     out = Path(out)
     data_root, teacher_dir, student_dir, export_dir = out / "data", out / "teacher", out / "student", out / "export"
     timings: dict[str, float] = {}
@@ -100,19 +104,21 @@ def run_demo(out: Path, *, recipe_name: str = "synth-pillar", preset: str = "def
         train(recipe, teacher_dir, resume=teacher_dir if teacher.is_file() else None, quiet=quiet)
     timings["teacher_s"] = time.perf_counter() - t1
 
-    s_sets = sets if student_epochs is None else (
-        [s for s in sets if not s.startswith("train.epochs=")] + [f"train.epochs={student_epochs}"])
-    s_set_str = " ".join(f"--set {s}" for s in s_sets)
+    # The student's schedule is the compress recipe's (or --student-epochs), never the teacher's override.
+    s_sets = [s for s in sets if not s.startswith("train.epochs=")]
+    s_sets += [f"train.epochs={student_epochs}"] if student_epochs is not None else []
+    s_set_str = "".join(f" --set {s}" for s in s_sets)
+    ratio_flag = f" --ratio {ratio}" if ratio is not None else ""
     interrupted = (student_dir / "train" / "last.pth").is_file()
-    log(f"[3/4] itKD student      $ itkd compress --teacher {teacher} --ratio {ratio} --method itkd "
-        f"--recipe {recipe_name} {s_set_str} --out {student_dir}{' --resume' if interrupted else ''}")
+    log(f"[3/4] itKD student      $ itkd compress --recipe {compress_recipe_name} --teacher {teacher}{ratio_flag}"
+        f"{s_set_str} --out {student_dir}{' --resume' if interrupted else ''}")
     t2 = time.perf_counter()
     report_path = student_dir / "report.json"
     if report_path.is_file():
         log(f"      reusing the finished student {student_dir / 'student.pth'}")
         report = json.loads(report_path.read_text())
     else:
-        c_recipe = compress_recipe(teacher, recipe_name, s_sets, ratio, None, "itkd")
+        c_recipe = compress_recipe(teacher, compress_recipe_name, s_sets, ratio, None, None)
         report = compress(c_recipe, teacher, student_dir, resume=interrupted, quiet=quiet,
                           max_eval_frames=max_eval_frames, log=log).report
     timings["student_s"] = time.perf_counter() - t2

@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from itkd_cli.core.errors import ItkdError
-from itkd_cli.recipe.schema import Recipe
+from itkd_cli.recipe.schema import FOLDED_FIELDS, REMOVED_FIELDS, Recipe
 
 
 class RecipeError(ItkdError):
@@ -126,6 +126,9 @@ def validate(data: dict, source: str, overrides: Iterable[str] = ()) -> Recipe:
     ``--set KEY=VALUE: field.path: message`` when that override wrote the field (the file is not at fault),
     or ``source with --set KEY=VALUE: section: message`` for a rule over a section an override wrote into."""
     written = {item.partition("=")[0].strip(): item for item in overrides}
+    legacy = [f"{_blame(key, written, source)}: {key}: {why}" for key, why in legacy_fields(data)]
+    if legacy:
+        raise RecipeError(legacy)
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
@@ -145,6 +148,51 @@ def _blame(loc: str, written: dict[str, str], source: str) -> str:
         return f"--set {by}"
     inside = [f"--set {item}" for key, item in written.items() if key.startswith(loc + ".")]
     return " ".join([source, "with", *inside]) if inside else source
+
+
+# The commit that still has the removed fields, for anyone who needs to rerun an old measurement.
+LAST_WITH_REMOVED = "081ac1d"
+
+
+def _get(data: dict, path: str) -> tuple[bool, Any]:
+    node: Any = data
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def legacy_fields(data: dict) -> list[tuple[str, str]]:
+    """(field, reason) for every field of an earlier itkd that a recipe still sets: removed ones and those
+    folded into ``distill.itkd.form``. Refused rather than ignored, so an old recipe never changes meaning."""
+    found = []
+    for key, why in REMOVED_FIELDS.items():
+        if _get(data, key)[0]:
+            found.append((key, f"removed ({why}); delete it (itkd {LAST_WITH_REMOVED} still has it)"))
+    for key in FOLDED_FIELDS:
+        if _get(data, key)[0]:
+            found.append((key, "folded into distill.itkd.form ('default': the measured-better itKD, 'paper': "
+                               "the published formulas); delete it and set the form"))
+    return found
+
+
+def drop_legacy(data: dict) -> dict:
+    """A recipe stored by an earlier itkd (in a checkpoint) without its removed or folded distill fields, and
+    without its lambda when it predates ``distill.itkd.form`` (the form then brings its own). A stored
+    recipe records a finished run: its distill section never changed the network stored with it."""
+    out = copy.deepcopy(data)
+    keys = [key for key, _ in legacy_fields(out)]
+    if any(k in FOLDED_FIELDS for k in keys):
+        keys.append("distill.itkd.lam")
+    for key in keys:
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
 
 
 def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
@@ -176,8 +224,8 @@ def apply_flags(recipe: Recipe, flags: Iterable[str]) -> Recipe:
 
 
 def recipe_from_dict(data: dict[str, Any], source: str = "checkpoint") -> Recipe:
-    """Rebuild a recipe stored inside a checkpoint or report."""
-    return validate(data, source)
+    """Rebuild a recipe stored inside a checkpoint or report (one of an earlier itkd too: ``drop_legacy``)."""
+    return validate(drop_legacy(data), source)
 
 
 def dump_yaml(recipe: Recipe) -> str:

@@ -250,43 +250,47 @@ class StudentConfig(Strict):
         "layer and of every concatenated block); false trains it from random init as in the itKD paper."))
 
 
+# The form's own lambda when ``distill.itkd.lam`` is not set (see ItkdLossConfig.form).
+FORM_LAMBDA = {"default": 0.1, "paper": 0.5}
+# Fields of earlier itkd versions: measured no better and removed (refused with this reason) ...
+REMOVED_FIELDS = {
+    "distill.itkd.tap": "measured no better than the neck tap",
+    "distill.itkd.head_smooth_beta": "measured no better than the L1 head loss",
+    "distill.lam_schedule": "measured no better than a constant lambda",
+    "distill.kd_until": "measured no better than KD to the end of training",
+    "distill.itkd.head_fusion_guard": "the fusion is always guarded (a convex mix of inter and intra)",
+}
+# ... or folded into ``distill.itkd.form`` (the default form has the measured-better setting, paper the method's).
+FOLDED_FIELDS = ("distill.itkd.head_standardize", "distill.itkd.detach_student_target",
+                 "distill.itkd.adapter_init", "distill.itkd.cr_normalize", "distill.itkd.cr_trains_encoder")
+
+
 class ItkdLossConfig(Strict):
-    lam: float = Field(0.5, ge=0, le=1, description="lambda: L = lam * KD + (1 - lam) * L_det.")
+    form: Literal["default", "paper"] = Field("default", description=(
+        "'default': itkd's measured-better itKD (head loss on channels standardised by the teacher's RMS, "
+        "adapter started as the channel selection, student map detached as the T->S target, L_cr in units "
+        "of the teacher code's std without training the encoder, lambda 0.1; benchmarks/RESULTS.md). "
+        "'paper': the published formulas of the public code (raw head channels, random adapter, plain L1 "
+        "L_cr through the encoder, MSE and attention normalised by the max_objects slots, lambda 0.5), "
+        "with its six defects fixed."))
+    lam: Optional[float] = Field(None, ge=0, le=1, description=(
+        "lambda: L = lam * KD + (1 - lam) * L_det; unset: the form's (default 0.1, paper 0.5)."))
     w_cr: float = Field(1.0, ge=0, description="Weight of the compressed-representation loss (0 disables).")
     w_it: float = Field(1.0, ge=0, description="Weight of the interchange-transfer loss (0 disables).")
     w_head: float = Field(1.0, ge=0, description="Weight of the head relation-aware attention loss (0 disables).")
     latent_ratio: float = Field(1 / 12, gt=0, le=1, description=(
         "Autoencoder latent width / teacher BEV width; 1/12 is the public code's 384 -> 128 -> 64 -> 32."))
     hidden_layers: int = Field(2, ge=0, description="Hidden 1x1 layers between input and latent (widths halve).")
-    detach_student_target: bool = Field(False, description="Detach M_s as the target of the T->S crossing.")
-    cr_normalize: bool = Field(True, description=(
-        "Measure L_cr per latent channel in units of the teacher code's std, so the shared encoder cannot "
-        "zero it by shrinking its latent (false: the public code's plain mean L1)."))
-    cr_trains_encoder: bool = Field(False, description=(
-        "Let L_cr's gradient reach the shared encoder (public code). Off by default: minimising L_cr through "
-        "the encoder kills its hidden ReLUs until both codes are the same constant and L_cr is exactly 0; "
-        "off, the encoder learns from L_it (so with w_it = 0 it keeps its initialisation) and L_cr trains the "
-        "student and adapter."))
-    head_standardize: bool = Field(False, description=(
-        "Head attention loss on standardised channels: both sides' head outputs at the object centres divided "
-        "by the teacher's root mean square of each channel over the batch's objects, so box size and velocity do not "
-        "dominate X^T X (a departure from the method; false: the paper's raw channels)."))
-    head_smooth_beta: float = Field(0.0, ge=0, description=(
-        "0: the head attention loss is the method's L1. > 0: smooth L1 (Huber) with this beta, quadratic for "
-        "differences below it, so its gradient shrinks as the student nears the teacher; L1's gradient keeps its "
-        "full size however close the two are (a departure from the method)."))
-    tap: Literal["neck", "head_shared"] = Field("neck", description=(
-        "Map the autoencoder terms (L_cr, L_it) read: 'neck', the neck output M before the head (the method); "
-        "'head_shared', the head's shared-conv output, the input of every task head (a departure; its width is "
-        "model.head.shared_conv_channels of each network, the teacher's under the neck policy; a narrow shared conv "
-        "needs a larger latent_ratio: 1/12 of 32 channels leaves a 3-channel latent)."))
-    head_fusion_guard: Literal["normalize", "frozen", "none"] = Field(
-        "normalize", description="How the shared head-attention fusion conv is kept from collapsing to zero.")
-    adapter_init: Literal["random", "selection"] = Field("random", description=(
-        "Start of the student adapter A: 'random', PyTorch's default init (the method); 'selection', the channel "
-        "selection that derived the student (weight 1 from each student channel to the teacher channel it was cut "
-        "from, bias 0), so the adapter terms start by pulling each student channel toward its own teacher channel "
-        "instead of toward a random A's preimage (a departure; A(M_s) = M_t exactly only for a ratio-1.0 copy)."))
+
+    @property
+    def lam_value(self) -> float:
+        """lambda in force: the recipe's, else the form's own."""
+        return FORM_LAMBDA[self.form] if self.lam is None else self.lam
+
+    @property
+    def paper(self) -> bool:
+        """Whether the published formulas are used (``form: paper``)."""
+        return self.form == "paper"
 
 
 class BaselineLossConfig(Strict):
@@ -300,29 +304,15 @@ class DistillConfig(Strict):
     method: Literal["itkd", "none", "hinton", "fitnet", "sparsekd"] = Field("itkd", description="Distillation method.")
     itkd: ItkdLossConfig = Field(default_factory=ItkdLossConfig, description="itKD settings.")
     baseline: BaselineLossConfig = Field(default_factory=BaselineLossConfig, description="Baseline KD settings.")
-    lam_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description=(
-        "How lambda moves during training: 'constant' keeps the method's lam until kd_until, 'linear' and "
-        "'cosine' decay it from lam to 0 at kd_until (a departure from the method, which keeps it constant)."))
-    kd_until: float = Field(1.0, gt=0, le=1, description=(
-        "Fraction of the training steps with KD; after it lambda is 0 and the step runs no teacher forward "
-        "(1.0: KD to the end, the method)."))
     kd_warmup: float = Field(0.0, ge=0, lt=1, description=(
         "Fraction of the training steps at the start during which the KD modules (autoencoder, adapter, "
         "head-attention fusion) learn from the student's outputs detached, so that the student trains on "
-        "detection alone until they are no longer random (a departure from the method; 0: none). Must be "
-        "below kd_until."))
+        "detection alone until they are no longer random (a departure from the method; 0: none)."))
     teacher_bn: Literal["running", "batch"] = Field("running", description=(
         "Statistics the frozen teacher's BatchNorm normalises with when it makes the KD targets: 'running', its "
         "running statistics (eval mode, the method); 'batch', each training batch's own, like the train-mode "
         "student it is compared with (a departure; the running statistics still never change, and the "
         "teacher is always evaluated on them)."))
-
-    @model_validator(mode="after")
-    def _warmup_before_kd_ends(self) -> "DistillConfig":
-        if self.kd_warmup >= self.kd_until:  # kd_until > 0, so the default 0 always passes
-            raise ValueError(f"kd_warmup: {self.kd_warmup} must be below kd_until ({self.kd_until}), "
-                             "otherwise the student never receives a KD gradient")
-        return self
 
 
 # ----------------------------------------------------------------------------------- training

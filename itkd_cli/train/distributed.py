@@ -96,8 +96,8 @@ def wrap(module: nn.Module, some_unused: bool = False) -> nn.Module:
     """``module`` in DistributedDataParallel when several processes train it, else itself.
 
     Modules with nothing to train (the student-alone KD stub, a frozen fusion) stay unwrapped.
-    ``some_unused``: parameters may get no gradient in a step (KD modules: an ablated term, a step past
-    distill.kd_until), which DDP must then not wait for; it costs a graph traversal a step.
+    ``some_unused``: parameters may get no gradient in a step (KD modules: a term weighted 0), which DDP
+    must then not wait for; it costs a graph traversal a step.
     """
     if not active() or not any(p.requires_grad for p in module.parameters()):
         return module

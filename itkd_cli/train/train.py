@@ -14,7 +14,7 @@ from itkd_cli.recipe.load import dump_yaml
 from itkd_cli.recipe.schema import Recipe
 from itkd_cli.train import distributed
 from itkd_cli.train.loop import LAST, EvalFn, FitResult, check_writable, fit
-from itkd_cli.train.loss import centerpoint_loss
+from itkd_cli.models.loss import centerpoint_loss
 from itkd_cli.train.state import seed_everything
 
 

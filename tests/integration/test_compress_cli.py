@@ -147,14 +147,14 @@ def test_compress_never_changes_the_teacher(cli, world, teacher, tmp_path, monke
     digest = hashlib.sha256(teacher.read_bytes()).hexdigest()
     before = torch.load(teacher, weights_only=True)["model_state"]
     seen = []
-    real_build_pair = mod.build_pair
+    real_build = mod.build_distillation
 
     def spy(*args, **kwargs):
-        pair = real_build_pair(*args, **kwargs)
-        seen.append(pair.teacher)
-        return pair
+        run = real_build(*args, **kwargs)
+        seen.append(run.teacher.model)
+        return run
 
-    monkeypatch.setattr(mod, "build_pair", spy)
+    monkeypatch.setattr(mod, "build_distillation", spy)
     result = _compress(cli, teacher, tmp_path / "run", world, "--method", "itkd", "--set", "train.max_steps=2")
     assert result.exit_code == 0, result.output
     assert hashlib.sha256(teacher.read_bytes()).hexdigest() == digest

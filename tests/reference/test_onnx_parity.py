@@ -38,10 +38,10 @@ def test_voxel_model_dense_part_parity_via_cli(cli, tmp_path):
 
 @pytest.mark.slow
 def test_pillar_with_decode_returns_topk_boxes_matching_pytorch(tmp_path):
-    from itkd_cli.export.api import export_onnx
+    from itkd_cli.pipeline.export_run import export_checkpoint
 
     ck = tiny_checkpoint("pillar", tmp_path, seed=2)
-    res = export_onnx(ck, tmp_path / "out", with_decode=True, split=SPLIT, latency_runs=1)
+    res = export_checkpoint(ck, tmp_path / "out", with_decode=True, split=SPLIT, latency_runs=1)
     assert res.info["outputs"] == ["boxes", "scores", "labels"]
     for r in res.reports:
         shapes = {o.name: o.ort_shape for o in r.outputs}

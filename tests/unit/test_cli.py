@@ -73,13 +73,23 @@ def test_user_error_is_one_line_exit_2(cli, tmp_path: Path) -> None:
 
 
 def test_bad_recipe_value_from_set_is_one_line_exit_2(cli) -> None:
-    """A cross-field recipe rule (distill.kd_warmup below kd_until) reaches the user as one error line."""
-    result = cli("recipe", "show", "synth-pillar", "--set", "distill.kd_warmup=0.6", "--set", "distill.kd_until=0.5")
+    """A cross-field recipe rule (the neck's lists of one length) reaches the user as one error line."""
+    result = cli("recipe", "show", "synth-pillar", "--set", "model.backbone_2d.layer_nums=[1, 1]")
     assert result.exit_code == 2
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "distill: kd_warmup: 0.6 must be below kd_until (0.5)" in errors[0]
-    assert "with --set distill.kd_warmup=0.6 --set distill.kd_until=0.5: distill:" in errors[0]
+    assert len(errors) == 1 and "model.backbone_2d: layer_strides: needs 2 entries like layer_nums" in errors[0]
+    assert "with --set model.backbone_2d.layer_nums=[1, 1]: model.backbone_2d:" in errors[0]
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("key,value", [("distill.kd_until", "0.5"), ("distill.itkd.head_standardize", "true")])
+def test_removed_or_folded_field_is_refused_in_one_line(cli, key, value) -> None:
+    """A recipe of an earlier itkd must not silently change meaning: each old field is named and refused."""
+    result = cli("recipe", "show", "synth-pillar", "--set", f"{key}={value}")
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"--set {key}={value}: {key}: " in errors[0]
+    assert ("removed" if key.endswith("kd_until") else "folded into distill.itkd.form") in errors[0]
 
 
 def test_quiet_keeps_results_and_drops_status(cli, tmp_path: Path) -> None:

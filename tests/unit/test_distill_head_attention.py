@@ -1,6 +1,9 @@
-"""Head relation-aware attention loss: numpy reference, masking, heatmap form, fusion guards."""
+"""Head relation-aware attention loss: numpy reference, masking, heatmap form, fusion guards, and the
+normalisers of both forms (standardised channels and sqrt(N) over valid objects: default; sqrt(max_objects): paper)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -20,9 +23,17 @@ def _head(b: int, n_cls: int, h: int, w: int, vel: bool, scale: float = 1.0) -> 
     return TaskHeadOutput(r(n_cls), r(2), r(1), r(3), r(2), r(2) if vel else None)
 
 
-def _np_attention(x: np.ndarray) -> np.ndarray:
-    """x (N, C) -> x . softmax over input channels of x^T x / sqrt(N), written out step by step."""
-    n = x.shape[0]
+def _sum(s: TaskHeadOutput, t: TaskHeadOutput, ind: torch.Tensor, mask: torch.Tensor, fusion: HeadFusion,
+         splits: tuple[int, ...], vel: bool, standardize: bool = False, slots: int | None = None) -> torch.Tensor:
+    """head_attention_sum on the head outputs gathered at the centres, as ItkdDistiller.head_loss does."""
+    x_s = gather_at_centres(head_features(s, vel), ind, mask)
+    x_t = gather_at_centres(head_features(t, vel), ind, mask)
+    return head_attention_sum(x_s, x_t, mask, fusion, splits, standardize=standardize, slots=slots)
+
+
+def _np_attention(x: np.ndarray, n: float | None = None) -> np.ndarray:
+    """x (N, C) -> x . softmax over input channels of x^T x / sqrt(n), written out step by step (n: N)."""
+    n = x.shape[0] if n is None else n
     scores = x.T @ x / np.sqrt(n)
     e = np.exp(scores - scores.max(axis=0, keepdims=True))
     attn = e / e.sum(axis=0, keepdims=True)  # column j: weights of input channels i for output j
@@ -45,7 +56,7 @@ def test_one_object_one_task_matches_numpy_step_by_step():
     ind, mask = torch.tensor([[4]]), torch.tensor([[True]])  # cell (y=1, x=1)
     splits = head_splits(1, False)
     fusion = HeadFusion(sum(splits), "frozen")
-    got = head_attention_sum(s, t, ind, mask, fusion, splits, with_velocity=False) / mask.sum()
+    got = _sum(s, t, ind, mask, fusion, splits, False) / mask.sum()
 
     def vec(o: TaskHeadOutput) -> np.ndarray:
         hm = 1.0 / (1.0 + np.exp(-o.hm[0, :, 1, 1].numpy().astype(np.float64)))  # sigmoid both sides
@@ -73,12 +84,12 @@ def test_padded_slots_do_not_contribute():
     splits, fusion = head_splits(2, True), HeadFusion(sum(head_splits(2, True)), "normalize")
     ind = torch.tensor([[1, 5], [7, 2]])
     mask = torch.ones(2, 2, dtype=torch.bool)
-    base = head_attention_sum(s, t, ind, mask, fusion, splits, True)
+    base = _sum(s, t, ind, mask, fusion, splits, True)
     ind_pad = torch.tensor([[1, 5, 9, 15, 3], [7, 2, 0, 11, 6]])
     mask_pad = torch.tensor([[True, True, False, False, False], [True, True, False, False, False]])
-    padded = head_attention_sum(s, t, ind_pad, mask_pad, fusion, splits, True)
+    padded = _sum(s, t, ind_pad, mask_pad, fusion, splits, True)
     assert padded.item() == pytest.approx(base.item(), rel=1e-6)
-    none = head_attention_sum(s, t, ind_pad, torch.zeros_like(mask_pad), fusion, splits, True)
+    none = _sum(s, t, ind_pad, torch.zeros_like(mask_pad), fusion, splits, True)
     assert none.item() == 0.0
 
 
@@ -90,8 +101,8 @@ def test_heatmap_form_is_the_same_on_both_sides_and_not_in_place():
     before = s.hm.detach().clone()
     version = s.hm._version
     splits = head_splits(3, True)
-    loss = head_attention_sum(s, t, torch.tensor([[0, 6]]), torch.tensor([[True, True]]),
-                              HeadFusion(sum(splits), "none"), splits, True)
+    loss = _sum(s, t, torch.tensor([[0, 6]]), torch.tensor([[True, True]]), HeadFusion(sum(splits), "none"),
+                splits, True)
     assert loss.item() == 0.0
     assert s.hm._version == version and torch.equal(s.hm.detach(), before)
     feats = head_features(t, True)
@@ -116,7 +127,7 @@ def _optimise_fusion(guard: str, steps: int = 200):
     n_valid, m = mask.sum(dim=1), mask.unsqueeze(-1).float()
     u_s = inter_intra(gather_at_centres(head_features(s, True), ind, mask), splits, n_valid)
     u_t = inter_intra(gather_at_centres(head_features(t, True), ind, mask), splits, n_valid)
-    full = (head_attention_sum(s, t, ind, mask, fusion, splits, True) / mask.sum()).item()
+    full = (_sum(s, t, ind, mask, fusion, splits, True) / mask.sum()).item()
     params = list(fusion.parameters())
     opt = torch.optim.Adam(params, lr=1e-2) if params else None
     losses = []
@@ -160,28 +171,31 @@ def test_frozen_guard_never_changes():
     assert losses[0] == losses[-1] and list(fusion.parameters()) == []
 
 
-def test_unknown_guard_is_a_user_error():
-    with pytest.raises(ItkdError):
+def test_unknown_guard_is_a_programming_error():
+    """The guard is no recipe field any more (the fusion is always 'normalize'): a bad one is a ValueError."""
+    with pytest.raises(ValueError, match="shrink"):
         HeadFusion(4, "shrink")
+    assert all(HeadFusion(4, g).guard == g for g in ("normalize", "frozen", "none"))
 
 
-def _np_fused_rows(x: np.ndarray, splits: tuple[int, ...]) -> np.ndarray:
-    """Rows (N, C) of one frame -> fused rows (N, C) with the [I | I] / 2 fusion."""
+def _np_fused_rows(x: np.ndarray, splits: tuple[int, ...], n: float | None = None) -> np.ndarray:
+    """Rows (N, C) of one frame -> fused rows (N, C) with the [I | I] / 2 fusion (sqrt(n) temperature, n: N)."""
     blocks, start = [], 0
     for s in splits:
-        blocks.append(_np_attention(x[:, start:start + s]))
+        blocks.append(_np_attention(x[:, start:start + s], n))
         start += s
-    return 0.5 * _np_attention(x) + 0.5 * np.concatenate(blocks, axis=1)
+    return 0.5 * _np_attention(x, n) + 0.5 * np.concatenate(blocks, axis=1)
 
 
 def test_standardised_head_loss_matches_numpy():
-    """head_standardize: both sides divided by the teacher's per-channel RMS over the batch's valid objects."""
+    """standardize (the default form): both sides divided by the teacher's per-channel RMS over the batch's
+    valid objects."""
     torch.manual_seed(3)
     s, t = _head(2, 2, 4, 4, vel=True), _head(2, 2, 4, 4, vel=True, scale=3.0)
     ind = torch.tensor([[1, 5, 9], [7, 2, 0]])
     mask = torch.tensor([[True, True, True], [True, True, False]])
     splits = head_splits(2, True)
-    got = head_attention_sum(s, t, ind, mask, HeadFusion(sum(splits), "frozen"), splits, True, standardize=True)
+    got = _sum(s, t, ind, mask, HeadFusion(sum(splits), "frozen"), splits, True, standardize=True)
 
     def rows(o: TaskHeadOutput, b: int, cells: list[int]) -> np.ndarray:
         feats = head_features(o, True)[b].reshape(sum(splits), -1).double().numpy()
@@ -194,7 +208,7 @@ def test_standardised_head_loss_matches_numpy():
     want = sum(np.abs(_np_fused_rows(a / rms, splits) - _np_fused_rows(b / rms, splits)).sum()
                for a, b in zip(x_s, x_t))
     assert got.item() == pytest.approx(want, rel=1e-4)
-    raw = head_attention_sum(s, t, ind, mask, HeadFusion(sum(splits), "frozen"), splits, True)
+    raw = _sum(s, t, ind, mask, HeadFusion(sum(splits), "frozen"), splits, True)
     assert abs(raw.item() - got.item()) > 1e-3  # the option changes the loss
 
 
@@ -207,40 +221,68 @@ def test_standardised_head_loss_ignores_channel_units():
     big = lambda o: o._replace(dim=o.dim * 10.0)  # noqa: E731
 
     def loss(a, b, standardize):
-        return head_attention_sum(a, b, ind, mask, fusion, splits, False, standardize=standardize).item()
+        return _sum(a, b, ind, mask, fusion, splits, False, standardize=standardize).item()
 
     assert loss(big(s), big(t), True) == pytest.approx(loss(s, t, True), rel=1e-4)
     assert loss(big(s), big(t), False) > 2 * loss(s, t, False)
     one = torch.tensor([[True, False, False, False]])  # fewer than two objects: no scale, the raw loss
-    assert head_attention_sum(s, t, ind, one, fusion, splits, False, standardize=True).item() == pytest.approx(
-        head_attention_sum(s, t, ind, one, fusion, splits, False).item())
+    assert _sum(s, t, ind, one, fusion, splits, False, standardize=True).item() == pytest.approx(
+        _sum(s, t, ind, one, fusion, splits, False).item())
 
 
-def test_smooth_head_loss_matches_numpy_huber_and_its_gradient_shrinks_near_the_teacher():
-    """head_smooth_beta: Huber on the fused rows (0.5 d^2 / beta below beta, |d| - beta / 2 above); 0 is L1."""
-    torch.manual_seed(5)
-    s, t = _head(1, 2, 3, 3, vel=False), _head(1, 2, 3, 3, vel=False)
-    ind, mask = torch.tensor([[0, 4, 8]]), torch.tensor([[True, True, False]])
-    splits = head_splits(2, False)
-    fusion = HeadFusion(sum(splits), "frozen")
-    beta = 0.5
+# Two valid objects with swapped one-hot rows and a padded slot. X^T X = I on both sides, so the inter
+# attention is [[p, 1 - p], [1 - p, p]] with p = softmax([a, 0])[0] = sigmoid(a), a = 1 / sqrt(N); the intra
+# blocks hold one channel each (softmax over one channel: out = x). Fused [I | I] / 2 rows:
+#   student [1, 0] -> ([p, 1-p] + [1, 0]) / 2,  teacher [0, 1] -> ([1-p, p] + [0, 1]) / 2: |diff| sums to 2p;
+#   the second object likewise: the loss is 4p = 4 sigmoid(1 / sqrt(N)).
+_X_S = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]])  # (B=1, M=3, C=2)
+_X_T = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [0.0, 0.0]]])
+_MASK = torch.tensor([[True, True, False]])
 
-    def rows(o: TaskHeadOutput) -> np.ndarray:
-        return head_features(o, False)[0].reshape(sum(splits), -1).double().numpy()[:, [0, 4]].T
 
-    d = np.abs(_np_fused_rows(rows(s), splits) - _np_fused_rows(rows(t), splits))
-    huber = np.where(d < beta, 0.5 * d ** 2 / beta, d - 0.5 * beta).sum()
-    assert (d < beta).any() and (d >= beta).any()  # both branches are exercised
-    got = head_attention_sum(s, t, ind, mask, fusion, splits, False, smooth_beta=beta)
-    assert got.item() == pytest.approx(huber, rel=1e-5)
-    assert head_attention_sum(s, t, ind, mask, fusion, splits, False, smooth_beta=0.0).item() == pytest.approx(
-        d.sum(), rel=1e-5)
-    # a student a hair away from its teacher: L1 still pulls at full strength, smooth L1 barely
-    near = TaskHeadOutput(*(None if m is None else (m + 1e-3 * torch.randn_like(m)).requires_grad_() for m in t))
+def _sigmoid(a: float) -> float:
+    return 1.0 / (1.0 + math.exp(-a))
 
-    def grad_norm(beta_: float) -> float:
-        loss = head_attention_sum(near, t, ind, mask, fusion, splits, False, smooth_beta=beta_)
-        grads = torch.autograd.grad(loss, [m for m in near if m is not None])
-        return float(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
 
-    assert grad_norm(1.0) < 0.05 * grad_norm(0.0)
+@pytest.mark.parametrize("slots, n", [(None, 2), (9, 9), (100, 100), (3, 3)])
+def test_attention_temperature_by_hand(slots, n):
+    """slots None: N = the 2 valid objects (default form); else N = slots (paper form, max_objects)."""
+    got = head_attention_sum(_X_S, _X_T, _MASK, HeadFusion(2, "frozen"), (1, 1), standardize=False, slots=slots)
+    assert got.item() == pytest.approx(4 * _sigmoid(1 / math.sqrt(n)), rel=1e-6)
+
+
+def test_standardised_attention_by_hand():
+    """The teacher's RMS is sqrt(1/2) in both channels: X -> sqrt(2) X, X^T X = 2 I, so the loss is
+    sqrt(2) * 4 sigmoid(2 / sqrt(N)) (the attention output is linear in X once the weights are fixed)."""
+    got = head_attention_sum(_X_S, _X_T, _MASK, HeadFusion(2, "frozen"), (1, 1), standardize=True)
+    assert got.item() == pytest.approx(math.sqrt(2) * 4 * _sigmoid(2 / math.sqrt(2)), rel=1e-6)
+
+
+@pytest.mark.parametrize("slots", [7, 500])
+def test_paper_slots_attention_matches_numpy(slots):
+    """Random rows, two frames with 3 and 2 valid objects of 4 slots: softmax_i(X^T X / sqrt(slots)) in numpy."""
+    torch.manual_seed(6)
+    splits = (2, 3)
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    x_s = torch.randn(2, 4, 5) * mask.unsqueeze(-1)
+    x_t = torch.randn(2, 4, 5) * mask.unsqueeze(-1)
+    got = head_attention_sum(x_s, x_t, mask, HeadFusion(5, "frozen"), splits, standardize=False, slots=slots)
+    want = 0.0
+    for b, k in enumerate((3, 2)):
+        a, c = x_s[b, :k].double().numpy(), x_t[b, :k].double().numpy()
+        want += np.abs(_np_fused_rows(a, splits, slots) - _np_fused_rows(c, splits, slots)).sum()
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    valid = head_attention_sum(x_s, x_t, mask, HeadFusion(5, "frozen"), splits, standardize=False)
+    assert abs(valid.item() - got.item()) > 1e-3  # sqrt(slots) is not sqrt(valid objects)
+    # padding beyond the given slots changes nothing: N is the slots argument, not the rows of X
+    pad = lambda x: torch.cat([x, torch.zeros(2, 3, 5)], dim=1)  # noqa: E731
+    wider = head_attention_sum(pad(x_s), pad(x_t), torch.cat([mask, torch.zeros(2, 3, dtype=torch.bool)], dim=1),
+                               HeadFusion(5, "frozen"), splits, standardize=False, slots=slots)
+    assert wider.item() == pytest.approx(got.item(), rel=1e-6)
+
+
+def test_head_attention_sum_detaches_the_teacher():
+    x_s = _X_S.clone().requires_grad_(True)
+    x_t = _X_T.clone().requires_grad_(True)
+    head_attention_sum(x_s, x_t, _MASK, HeadFusion(2, "normalize"), (1, 1), standardize=True, slots=4).backward()
+    assert x_t.grad is None and x_s.grad is not None and x_s.grad[0, :2].abs().sum() > 0

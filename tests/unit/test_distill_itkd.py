@@ -1,4 +1,5 @@
-"""ItkdDistiller on recipe-derived widths: shapes, gradient flow, task-count invariance, switches."""
+"""ItkdDistiller on recipe-derived widths: shapes, gradient flow, task-count invariance, the two forms
+(default / paper), lambda per method, and the recipe loader's refusal of the removed and folded fields."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import torch
 
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.types import DetectorOutput, TaskHeadOutput, TaskTargets
-from itkd_cli.distill import build_distiller, build_kd, combine, kd_lambda
+from itkd_cli.distill import ItkdDistiller, build_distiller, build_kd, combine, kd_lambda
 from itkd_cli.distill.autoencoder import encoder_widths
-from itkd_cli.recipe.load import load_recipe
-from itkd_cli.recipe.schema import ItkdLossConfig, ModelConfig
+from itkd_cli.distill.head_attention import head_attention_sum, head_features
+from itkd_cli.distill.losses import gather_at_centres
+from itkd_cli.models.student import bev_channel_index
+from itkd_cli.recipe.load import RecipeError, drop_legacy, load_recipe, recipe_from_dict
+from itkd_cli.recipe.schema import FOLDED_FIELDS, FORM_LAMBDA, REMOVED_FIELDS, ItkdLossConfig, ModelConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: do not oversubscribe the cores
 
@@ -35,7 +39,7 @@ def fake_output(cfg: ModelConfig, b: int, h: int, w: int, grad: bool = False) ->
         return torch.randn(b, c, h, w, requires_grad=grad)
     vel = cfg.head.with_velocity
     tasks = tuple(TaskHeadOutput(r(len(t)), r(2), r(1), r(3), r(2), r(2) if vel else None) for t in cfg.head.tasks)
-    return DetectorOutput(r(cfg.bev_out_channels), tasks, r(cfg.head.shared_conv_channels))
+    return DetectorOutput(r(cfg.bev_out_channels), tasks)
 
 
 def fake_targets(cfg: ModelConfig, b: int, h: int, w: int, m: int = 6, valid: int = 3) -> tuple[TaskTargets, ...]:
@@ -72,10 +76,11 @@ def test_widths_follow_the_recipes(ratio, one_task):
     assert terms.total.item() == pytest.approx((terms.cr + terms.it + terms.head).item(), rel=1e-6)
 
 
-def test_gradient_reaches_student_and_kd_modules_never_teacher():
+@pytest.mark.parametrize("form", ["default", "paper"])
+def test_gradient_reaches_student_and_kd_modules_never_teacher(form):
     recipe = load_recipe("synth-pillar", [SIX_TASKS])
     t_cfg, s_cfg = recipe.model, student_of(recipe.model, 0.25)
-    kd = build_distiller(recipe.distill.itkd, t_cfg, s_cfg)
+    kd = build_distiller(ItkdLossConfig(form=form), t_cfg, s_cfg)
     torch.manual_seed(0)
     student, teacher = fake_output(s_cfg, 2, 8, 8, grad=True), fake_output(t_cfg, 2, 8, 8, grad=True)
     kd(student, teacher, fake_targets(t_cfg, 2, 8, 8)).total.backward()
@@ -88,23 +93,27 @@ def test_gradient_reaches_student_and_kd_modules_never_teacher():
     assert all(x.grad is None for task in teacher.tasks for x in task)
 
 
-@pytest.mark.parametrize("trains_encoder", [False, True])
-def test_cr_reaches_the_shared_encoder_only_when_asked(trains_encoder):
-    """Default: L_cr trains student + adapter; the encoder (which can cheat L_cr) learns from L_it."""
+@pytest.mark.parametrize("form", ["default", "paper"])
+def test_cr_reaches_the_shared_encoder_only_in_the_paper_form(form):
+    """default: L_cr trains student + adapter, the encoder (which can cheat L_cr) learns from L_it only;
+    paper: the public code's L_cr trains the encoder too."""
     recipe = load_recipe("synth-pillar", [SIX_TASKS])
     t_cfg, s_cfg = recipe.model, student_of(recipe.model, 0.25)
-    cfg = ItkdLossConfig(w_it=0.0, w_head=0.0, cr_trains_encoder=trains_encoder)
-    kd = build_distiller(cfg, t_cfg, s_cfg)
+    kd = build_distiller(ItkdLossConfig(form=form, w_it=0.0, w_head=0.0), t_cfg, s_cfg)
     torch.manual_seed(0)
     student = fake_output(s_cfg, 2, 8, 8, grad=True)
     terms = kd(student, fake_output(t_cfg, 2, 8, 8), fake_targets(t_cfg, 2, 8, 8))
     terms.total.backward()
     assert terms.cr.item() > 0 and student.bev.grad.abs().sum() > 0 and kd.adapter.weight.grad.abs().sum() > 0
-    enc_grads = [p.grad for p in kd.autoencoder.encoder.parameters()]
-    if trains_encoder:
-        assert all(g is not None and g.abs().sum() > 0 for g in enc_grads)
+    enc = dict(kd.autoencoder.encoder.named_parameters())
+    if form == "paper":
+        assert all(p.grad is not None for p in enc.values())
+        *inner, last_bias = enc  # the latent layer's bias shifts both codes alike: it cancels in z_s - z_t
+        assert all(enc[name].grad.abs().sum() > 0 for name in inner), inner
+        assert enc[last_bias].grad.abs().max() < 1e-6
     else:
-        assert all(g is None for g in enc_grads)
+        assert all(p.grad is None for p in enc.values())
+    assert all(p.grad is None for p in kd.autoencoder.decoder.parameters())  # no L_it: the decoder is unused
 
 
 def test_six_task_heads_do_not_multiply_the_kd_loss():
@@ -178,25 +187,37 @@ def test_build_kd_and_lambda_per_method():
         names[method] = type(kd).__name__
         terms = kd(fake_output(s_cfg, 1, 8, 8), fake_output(t_cfg, 1, 8, 8), fake_targets(t_cfg, 1, 8, 8))
         assert torch.isfinite(terms.total) and (terms.total.item() == 0) == (method == "none")
-        assert kd_lambda(cfg) == (0.0 if method == "none" else 0.5)
+        # itkd: the default form's 0.1; the baselines: baseline.lam's default 0.5; none: 0
+        assert kd_lambda(cfg) == {"itkd": 0.1, "none": 0.0}.get(method, 0.5)
     assert names == {"itkd": "ItkdDistiller", "none": "NoKD", "hinton": "HintonKD", "fitnet": "FitNetKD",
                      "sparsekd": "SparseKD"}
     assert combine(torch.tensor(3.0), torch.tensor(0.0), 0.0).item() == 3.0
 
 
-@pytest.mark.parametrize("method, lam_key", [("itkd", "itkd.lam"), ("fitnet", "baseline.lam")])
-def test_kd_lambda_follows_the_recipe_schedule(method, lam_key):
-    recipe = load_recipe("synth-pillar", [f"distill.method={method}", f"distill.{lam_key}=0.6",
-                                          "distill.lam_schedule=linear", "distill.kd_until=0.5"])
-    assert [kd_lambda(recipe.distill, p) for p in (0.0, 0.25, 0.5, 0.9)] == pytest.approx([0.6, 0.3, 0.0, 0.0])
-    alone = recipe.distill.model_copy(update={"method": "none"})
-    assert kd_lambda(alone, 0.0) == 0.0
+@pytest.mark.parametrize("overrides, expected", [
+    ([], 0.1),  # default form
+    (["distill.itkd.form=paper"], 0.5),  # paper form
+    (["distill.itkd.lam=0.3"], 0.3),  # an explicit lambda wins over the form's
+    (["distill.itkd.form=paper", "distill.itkd.lam=0.3"], 0.3),
+    (["distill.itkd.lam=0"], 0.0),  # 0 is a lambda, not "unset"
+    (["distill.method=none", "distill.itkd.lam=0.3"], 0.0),  # none: the detection loss alone, unscaled
+    (["distill.method=fitnet", "distill.baseline.lam=0.6", "distill.itkd.lam=0.3"], 0.6),  # baselines
+    (["distill.method=hinton"], 0.5),  # baseline.lam's default, whatever the itkd form
+    (["distill.method=sparsekd", "distill.itkd.form=paper", "distill.baseline.lam=0.2"], 0.2),
+])
+def test_kd_lambda_follows_the_recipe(overrides, expected):
+    recipe = load_recipe("synth-pillar", overrides)
+    assert kd_lambda(recipe.distill) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("bad", ["distill.kd_until=0", "distill.kd_until=1.5", "distill.lam_schedule=step"])
-def test_bad_lambda_schedule_is_a_recipe_error(bad):
-    with pytest.raises(ItkdError, match=bad.split("=")[0].replace(".", r"\.")):
-        load_recipe("synth-pillar", [bad])
+def test_lam_value_is_the_forms_unless_set():
+    assert FORM_LAMBDA == {"default": 0.1, "paper": 0.5}
+    assert ItkdLossConfig().lam is None and ItkdLossConfig().lam_value == 0.1
+    assert ItkdLossConfig(form="paper").lam_value == 0.5
+    assert ItkdLossConfig(form="paper", lam=0.0).lam_value == 0.0
+    assert ItkdLossConfig(lam=1.0).lam_value == 1.0
+    with pytest.raises(ValueError):
+        ItkdLossConfig(lam=1.5)
 
 
 def test_autocast_keeps_reductions_in_float32():
@@ -225,74 +246,159 @@ def test_centres_outside_the_map_are_user_errors():
     kd(fake_output(s_cfg, 1, 8, 8), fake_output(t_cfg, 1, 8, 8), tuple(targets))
 
 
-def test_head_standardize_reaches_every_task_head():
-    """distill.itkd.head_standardize: each task head's term equals head_attention_sum(standardize=True)."""
-    from itkd_cli.distill.head_attention import head_attention_sum
-
+@pytest.mark.parametrize("form", ["default", "paper"])
+def test_form_sets_each_task_heads_attention_normalisers(form):
+    """Each task head's term is head_attention_sum on its gathered features: standardised channels and
+    sqrt(valid objects) in the default form, raw channels and sqrt(max_objects) in the paper form; the
+    sum over task heads is divided by the valid objects of all task heads in both."""
     recipe = load_recipe("synth-pillar", [SIX_TASKS])
     t_cfg, s_cfg = recipe.model, student_of(recipe.model, 0.25)
     torch.manual_seed(5)
     s_out, t_out, targets = fake_output(s_cfg, 2, 8, 8), fake_output(t_cfg, 2, 8, 8), fake_targets(t_cfg, 2, 8, 8)
-    kd = build_distiller(ItkdLossConfig(w_cr=0.0, w_it=0.0, head_standardize=True), t_cfg, s_cfg)
-    want = sum(head_attention_sum(s, t, tg.ind, tg.mask, kd.head_fusion[k], kd.task_splits[k], True, standardize=True)
+    kd = build_distiller(ItkdLossConfig(form=form, w_cr=0.0, w_it=0.0), t_cfg, s_cfg)
+    paper = form == "paper"
+    assert kd.slots == (t_cfg.head.max_objects if paper else None) and t_cfg.head.max_objects == 500
+    assert all(f.guard == "normalize" for f in kd.head_fusion)  # both forms guard the fusion
+
+    def gathered(task: TaskHeadOutput, tg: TaskTargets) -> torch.Tensor:
+        return gather_at_centres(head_features(task, True), tg.ind, tg.mask)
+
+    want = sum(head_attention_sum(gathered(s, tg), gathered(t, tg), tg.mask, kd.head_fusion[k], kd.task_splits[k],
+                                  standardize=not paper, slots=500 if paper else None)
                for k, (s, t, tg) in enumerate(zip(s_out.tasks, t_out.tasks, targets)))
     got = kd(s_out, t_out, targets).head
     assert got.item() == pytest.approx(want.item() / sum(int(tg.mask.sum()) for tg in targets), rel=1e-5)
-    raw = build_distiller(ItkdLossConfig(w_cr=0.0, w_it=0.0), t_cfg, s_cfg)(s_out, t_out, targets).head
-    assert abs(raw.item() - got.item()) > 1e-3
+    other = build_distiller(ItkdLossConfig(form="default" if paper else "paper", w_cr=0.0, w_it=0.0), t_cfg, s_cfg)
+    assert abs(other(s_out, t_out, targets).head.item() - got.item()) > 1e-3
 
 
-@pytest.mark.parametrize("shared_ratio", [1.0, 0.25])  # the neck policy keeps the head's width; full narrows it
-def test_head_shared_tap_reads_the_shared_conv_output(shared_ratio):
+def test_paper_and_default_forms_differ_on_the_same_inputs():
+    """The same autoencoder and adapter weights: every term moves with the form (L_cr normalised or not,
+    MSE_gt over valid objects or slots, attention standardised and sqrt(N) or not)."""
+    recipe = load_recipe("synth-pillar", [SIX_TASKS])
+    t_cfg, s_cfg = recipe.model, student_of(recipe.model, 0.25)
+    torch.manual_seed(7)
+    default = build_distiller(ItkdLossConfig(), t_cfg, s_cfg)
+    paper = build_distiller(ItkdLossConfig(form="paper"), t_cfg, s_cfg)
+    paper.load_state_dict(default.state_dict())  # identical modules; only the formulas differ
+    s_out, t_out, targets = fake_output(s_cfg, 2, 8, 8), fake_output(t_cfg, 2, 8, 8), fake_targets(t_cfg, 2, 8, 8)
+    a, b = default(s_out, t_out, targets), paper(s_out, t_out, targets)
+    for name in ("cr", "it", "head", "total"):
+        assert abs(getattr(a, name).item() - getattr(b, name).item()) > 1e-4 * abs(getattr(a, name).item()), name
+    # the paper form's MSE_gt averages over B x 500 slots: with 3 valid objects a frame, L_it is smaller
+    assert b.it.item() < a.it.item()
+
+
+def _selection(t_cfg: ModelConfig, s_cfg: ModelConfig, c_t: int, c_s: int) -> torch.Tensor:
+    """M is a concat of upsample blocks: student block k starts where teacher block k starts."""
+    t_up, s_up = t_cfg.backbone_2d.num_upsample_filters, s_cfg.backbone_2d.num_upsample_filters
+    origin = [sum(t_up[:k]) + i for k, width in enumerate(s_up) for i in range(width)]
+    assert origin == bev_channel_index(t_cfg, s_cfg)
+    want = torch.zeros(c_t, c_s)
+    want[origin, range(c_s)] = 1.0
+    return want
+
+
+def test_default_form_adapter_links_each_student_channel_to_its_origin():
     recipe = load_recipe("synth-pillar", [SIX_TASKS])
     t_cfg = recipe.model
     s_cfg = student_of(t_cfg, 0.25)
-    c_shared = max(1, int(round(t_cfg.head.shared_conv_channels * shared_ratio)))
-    s_cfg = s_cfg.model_copy(update={"head": s_cfg.head.model_copy(update={"shared_conv_channels": c_shared})})
-    cfg = ItkdLossConfig(tap="head_shared", w_head=0.0)
-    kd = build_distiller(cfg, t_cfg, s_cfg)
-    assert (kd.c_t, kd.c_s) == (t_cfg.head.shared_conv_channels, c_shared) != (t_cfg.bev_out_channels,
-                                                                              s_cfg.bev_out_channels)
-    assert (kd.adapter.in_channels, kd.adapter.out_channels) == (c_shared, t_cfg.head.shared_conv_channels)
-    torch.manual_seed(0)
-    student, teacher = fake_output(s_cfg, 2, 8, 8, grad=True), fake_output(t_cfg, 2, 8, 8)
-    targets = fake_targets(t_cfg, 2, 8, 8)
-    terms = kd(student, teacher, targets)
-    terms.total.backward()
-    assert terms.cr.item() > 0 and terms.it.item() > 0
-    assert student.shared.grad.abs().sum() > 0 and student.bev.grad is None
-    # the same distiller on the neck tap would read other maps: the tap changes the loss
-    neck = build_distiller(ItkdLossConfig(w_head=0.0), t_cfg, s_cfg)
-    assert neck(student, teacher, targets).it.item() != pytest.approx(terms.it.item())
-    with pytest.raises(ItkdError, match="tap"):
-        kd(student._replace(shared=None), teacher, targets)
+    kd = build_distiller(ItkdLossConfig(), t_cfg, s_cfg)
+    assert torch.equal(kd.adapter.weight[:, :, 0, 0], _selection(t_cfg, s_cfg, kd.c_t, kd.c_s))
+    assert not kd.adapter.bias.any()
+    with pytest.raises(ItkdError, match=r"distill\.itkd\.form"):  # no channel map
+        ItkdDistiller(ItkdLossConfig(), kd.c_t, kd.c_s, kd.task_splits, kd.with_velocity, 500)
+    with pytest.raises(ItkdError, match=r"distill\.itkd\.form"):  # two student channels, one origin
+        ItkdDistiller(ItkdLossConfig(), kd.c_t, kd.c_s, kd.task_splits, kd.with_velocity, 500, [0] * kd.c_s)
 
 
-@pytest.mark.parametrize("field", ["tap", "adapter_init"])
-def test_unknown_choice_is_a_recipe_error_naming_the_field(field):
-    with pytest.raises(ItkdError, match=rf"distill\.itkd\.{field}"):
-        load_recipe("synth-pillar", [f"distill.itkd.{field}=bogus"])
-
-
-@pytest.mark.parametrize("tap", ["neck", "head_shared"])
-def test_selection_adapter_links_each_student_channel_to_its_origin(tap):
+def test_paper_form_adapter_is_random_not_the_selection():
     recipe = load_recipe("synth-pillar", [SIX_TASKS])
     t_cfg = recipe.model
     s_cfg = student_of(t_cfg, 0.25)
-    s_cfg = s_cfg.model_copy(update={"head": s_cfg.head.model_copy(update={"shared_conv_channels": 8})})
-    kd = build_distiller(ItkdLossConfig(adapter_init="selection", tap=tap), t_cfg, s_cfg)
-    if tap == "neck":  # M is a concat of upsample blocks: student block k starts where teacher block k starts
-        t_up, s_up = t_cfg.backbone_2d.num_upsample_filters, s_cfg.backbone_2d.num_upsample_filters
-        origin = [sum(t_up[:k]) + i for k, width in enumerate(s_up) for i in range(width)]
-    else:  # the shared conv keeps its leading channels
-        origin = list(range(8))
-    want = torch.zeros(kd.c_t, kd.c_s)
-    want[origin, range(kd.c_s)] = 1.0
-    assert torch.equal(kd.adapter.weight[:, :, 0, 0], want) and not kd.adapter.bias.any()
-    random = build_distiller(ItkdLossConfig(tap=tap), t_cfg, s_cfg).adapter.weight[:, :, 0, 0]
-    assert (random != 0).float().mean() > 0.99  # the method's default stays PyTorch's init
-    with pytest.raises(ItkdError, match=r"distill\.itkd\.adapter_init"):
-        type(kd)(ItkdLossConfig(adapter_init="selection"), kd.c_t, kd.c_s, kd.task_splits, kd.with_velocity)
-    with pytest.raises(ItkdError, match=r"distill\.itkd\.adapter_init"):  # two student channels, one origin
-        type(kd)(ItkdLossConfig(adapter_init="selection"), kd.c_t, kd.c_s, kd.task_splits, kd.with_velocity,
-                 [0] * kd.c_s)
+    kd = build_distiller(ItkdLossConfig(form="paper"), t_cfg, s_cfg)
+    w = kd.adapter.weight[:, :, 0, 0]
+    assert not torch.equal(w, _selection(t_cfg, s_cfg, kd.c_t, kd.c_s))
+    assert (w != 0).float().mean() > 0.99 and kd.adapter.bias.abs().sum() > 0  # PyTorch's init, as the public code
+    # the paper form needs no channel map (a student trained from random init has none)
+    bare = ItkdDistiller(ItkdLossConfig(form="paper"), kd.c_t, kd.c_s, kd.task_splits, kd.with_velocity, 500)
+    assert bare.slots == 500 and (bare.adapter.weight != 0).float().mean() > 0.99
+
+
+def test_unknown_form_is_a_recipe_error_naming_the_field():
+    with pytest.raises(ItkdError, match=r"distill\.itkd\.form"):
+        load_recipe("synth-pillar", ["distill.itkd.form=bogus"])
+
+
+# ------------------------------------------------------------------ removed and folded recipe fields
+# A value each field of an earlier itkd accepted (its old default or a typical setting).
+LEGACY_VALUES = {
+    "distill.itkd.tap": "neck",
+    "distill.itkd.head_smooth_beta": "0.5",
+    "distill.lam_schedule": "constant",
+    "distill.kd_until": "0.5",
+    "distill.itkd.head_fusion_guard": "normalize",
+    "distill.itkd.head_standardize": "true",
+    "distill.itkd.detach_student_target": "true",
+    "distill.itkd.adapter_init": "selection",
+    "distill.itkd.cr_normalize": "true",
+    "distill.itkd.cr_trains_encoder": "false",
+}
+
+
+def test_legacy_values_cover_every_removed_and_folded_field():
+    assert set(LEGACY_VALUES) == set(REMOVED_FIELDS) | set(FOLDED_FIELDS)
+    assert not set(REMOVED_FIELDS) & set(FOLDED_FIELDS)
+
+
+@pytest.mark.parametrize("key", list(LEGACY_VALUES))
+def test_recipe_refuses_a_removed_or_folded_field(key):
+    """One line naming the field and why, blamed on the --set that wrote it; never silently ignored."""
+    item = f"{key}={LEGACY_VALUES[key]}"
+    with pytest.raises(RecipeError) as info:
+        load_recipe("synth-pillar", [item])
+    assert isinstance(info.value, ItkdError)
+    problems = info.value.problems
+    assert len(problems) == 1 and "\n" not in problems[0]
+    line = problems[0]
+    assert line.startswith(f"--set {item}: {key}: ")
+    if key in REMOVED_FIELDS:
+        assert "removed" in line and REMOVED_FIELDS[key] in line
+    else:
+        assert "folded into distill.itkd.form" in line
+
+
+def test_recipe_file_with_legacy_fields_names_each_and_blames_the_file(tmp_path):
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("extends: synth-pillar\n"
+                      "distill:\n  kd_until: 0.5\n  itkd:\n    adapter_init: selection\n    lam: 0.5\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe)
+    problems = info.value.problems
+    assert len(problems) == 2
+    assert problems[0].startswith(f"{recipe}: distill.kd_until: removed")
+    assert problems[1].startswith(f"{recipe}: distill.itkd.adapter_init: folded into distill.itkd.form")
+
+
+def test_stored_recipe_of_an_earlier_itkd_loads_without_its_legacy_fields():
+    """A checkpoint's recipe from before distill.itkd.form: legacy keys dropped, lambda back to the form's."""
+    base = load_recipe("synth-pillar")
+    old = base.model_dump(mode="json")
+    old["distill"]["lam_schedule"] = "constant"
+    old["distill"]["kd_until"] = 1.0
+    old["distill"]["itkd"].update({"head_standardize": False, "adapter_init": "random", "tap": "neck", "lam": 0.5})
+    kept = {"distill": {"itkd": dict(old["distill"]["itkd"])}}
+    got = recipe_from_dict(old)
+    assert got.distill.itkd.lam is None and got.distill.itkd.form == "default" and kd_lambda(got.distill) == 0.1
+    assert got == base
+    assert old["distill"]["itkd"] == kept["distill"]["itkd"]  # the caller's dict is left as it was
+    dropped = drop_legacy(old)
+    assert not {"lam_schedule", "kd_until"} & set(dropped["distill"])
+    assert not {"head_standardize", "adapter_init", "tap", "lam"} & set(dropped["distill"]["itkd"])
+
+
+def test_stored_recipe_of_this_itkd_keeps_its_lambda():
+    """No legacy field: nothing is dropped, an explicit lambda and the form survive the round trip."""
+    recipe = load_recipe("synth-pillar", ["distill.itkd.form=paper", "distill.itkd.lam=0.3"])
+    got = recipe_from_dict(recipe.model_dump(mode="json"))
+    assert got == recipe and got.distill.itkd.lam == 0.3 and got.distill.itkd.form == "paper"

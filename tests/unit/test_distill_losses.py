@@ -10,8 +10,7 @@ import torch
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.types import TaskTargets
 from itkd_cli.distill.autoencoder import ChannelAutoencoder, build_adapter, encoder_widths
-from itkd_cli.distill.losses import (
-    combine, cr_loss, gather_at_centres, it_loss, mse_at_centres, pooled_centres, scheduled_lambda)
+from itkd_cli.distill.losses import combine, cr_loss, gather_at_centres, it_loss, mse_at_centres, pooled_centres
 from itkd_cli.recipe.schema import ItkdLossConfig
 
 
@@ -52,6 +51,38 @@ def test_mse_at_centres_zero_objects_is_zero_not_nan():
     assert torch.isfinite(pred.grad).all()
 
 
+def _two_frames() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """pred, target (2, C=2, 1, 3) and 3 slots a frame: frame 0 has 2 valid objects, frame 1 one."""
+    pred = torch.cat([_map([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]), _map([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])])
+    target = torch.cat([_map([[0.0, 0.0, 10.0], [1.0, 1.0, 1.0]]), _map([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])])
+    ind = torch.tensor([[0, 1, 2], [2, 0, 1]])
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    return pred, target, ind, mask
+
+
+# squared errors at the valid centres: frame 0 cell 0 (1-0)^2 + (0-1)^2 = 2, cell 1 (2-0)^2 + (0-1)^2 = 5;
+# frame 1 cell 2 (1-0)^2 + (1-0)^2 = 2: 9 in all, over C = 2 channels
+@pytest.mark.parametrize("slots, expected", [
+    (None, 9.0 / (3 * 2)),  # default form: 3 valid objects
+    (5, 9.0 / (2 * 5 * 2)),  # paper form: B = 2 frames x 5 slots, more slots than the targets hold
+    (3, 9.0 / (2 * 3 * 2)),  # ... or exactly the M = 3 slots given: padded ones count in the mean
+])
+def test_mse_at_centres_normaliser_by_hand(slots, expected):
+    pred, target, ind, mask = _two_frames()
+    assert mse_at_centres(pred, target, ind, mask, slots=slots).item() == pytest.approx(expected)
+
+
+def test_mse_at_centres_paper_slots_ignore_how_many_objects_are_valid():
+    """B * slots does not move with the mask: dropping an object removes its error and nothing else."""
+    pred, target, ind, mask = _two_frames()
+    fewer = mask.clone()
+    fewer[0, 1] = False  # frame 0 cell 1, error 5
+    assert mse_at_centres(pred, target, ind, fewer, slots=5).item() == pytest.approx((9.0 - 5.0) / 20)
+    assert mse_at_centres(pred, target, ind, fewer).item() == pytest.approx((9.0 - 5.0) / (2 * 2))
+    none = torch.zeros_like(mask)
+    assert mse_at_centres(pred, target, ind, none, slots=5).item() == 0.0
+
+
 def test_cr_loss_plain_is_mean_abs_difference():
     z_s = torch.tensor([[[[1.0, -2.0]], [[0.5, 4.0]]]])
     z_t = torch.tensor([[[[0.0, 1.0]], [[0.5, 2.0]]]])
@@ -77,19 +108,22 @@ def test_cr_loss_normalized_cannot_be_cheated_by_rescaling_the_latent():
     assert cr_loss(z_s * 0.01, z_t * 0.01, normalize=False) < 0.02 * cr_loss(z_s, z_t, normalize=False)
 
 
-def test_it_loss_by_hand():
+@pytest.mark.parametrize("slots", [None, 4])
+@pytest.mark.parametrize("detach", [False, True])
+def test_it_loss_by_hand(slots, detach):
     s2t = _map([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])  # (1, C_t=2, 1, 3)
     m_t = _map([[0.0, 2.0, 5.0], [4.0, 3.0, 6.0]])
     t2s = _map([[1.0, 1.0, 1.0]])  # (1, C_s=1, 1, 3)
     m_s = _map([[0.0, 3.0, 1.0]])
     ind = torch.tensor([[1, 2]])
     mask = torch.tensor([[True, False]])
+    n = 1 if slots is None else 1 * slots  # 1 valid object (default form) or B=1 x slots (paper form)
     l1_st = (1 + 0 + 2 + 0 + 2 + 0) / 6
-    mse_st = ((2 - 2) ** 2 + (5 - 3) ** 2) / 2  # cell 1, 2 channels, 1 object
+    mse_st = ((2 - 2) ** 2 + (5 - 3) ** 2) / (n * 2)  # cell 1, 2 channels
     l1_ts = (1 + 2 + 0) / 3
-    mse_ts = (1 - 3) ** 2 / 1
-    got = it_loss(s2t, m_t, t2s, m_s, ind, mask)
-    assert got.item() == pytest.approx(l1_st + mse_st + l1_ts + mse_ts)
+    mse_ts = (1 - 3) ** 2 / (n * 1)
+    got = it_loss(s2t, m_t, t2s, m_s, ind, mask, detach_student_target=detach, slots=slots)
+    assert got.item() == pytest.approx(l1_st + mse_st + l1_ts + mse_ts)  # detaching changes no value
 
 
 def test_it_loss_detaches_teacher_and_optionally_student_target():
@@ -112,20 +146,6 @@ def test_pooled_centres_lists_each_task_object_once():
     assert ind.tolist() == [[1, 2, 5]] and mask.tolist() == [[True, False, True]]
     with pytest.raises(ItkdError):
         pooled_centres(())
-
-
-@pytest.mark.parametrize("schedule, progress, expected", [
-    ("constant", 0.0, 0.8), ("constant", 0.39, 0.8), ("constant", 0.4, 0.0), ("constant", 0.9, 0.0),
-    ("linear", 0.0, 0.8), ("linear", 0.1, 0.6), ("linear", 0.3, 0.2), ("linear", 0.4, 0.0),
-    ("cosine", 0.0, 0.8), ("cosine", 0.2, 0.4), ("cosine", 0.1, 0.8 * (0.5 + 0.5 ** 0.5 / 2)), ("cosine", 0.5, 0.0),
-])
-def test_scheduled_lambda_decays_to_zero_at_kd_until(schedule, progress, expected):
-    # lam 0.8, KD until 40% of the steps: linear 0.8 * (1 - p / 0.4); cosine 0.4 * (1 + cos(pi p / 0.4))
-    assert scheduled_lambda(0.8, schedule, 0.4, progress) == pytest.approx(expected)
-
-
-def test_scheduled_lambda_constant_to_the_end_is_the_method():
-    assert [scheduled_lambda(0.5, "constant", 1.0, p) for p in (0.0, 0.5, 0.999)] == [0.5, 0.5, 0.5]
 
 
 def test_combine_weights_kd_and_detection():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from itkd_cli.core.types import DetectorOutput, TaskHeadOutput
-from itkd_cli.evaluate.decode import decode
+from itkd_cli.models.decode import decode
 from itkd_cli.recipe import load_recipe
 
 LOW = -12.0  # background logit: sigmoid ~ 6e-6, far below any threshold

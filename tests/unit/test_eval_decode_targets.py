@@ -1,6 +1,6 @@
 """Round trip: the data pipeline's CenterPoint targets, read as a perfect head output, decode to the GT boxes.
 
-Pins the contract between data/targets.py (encode) and evaluate/decode.py (decode): cell + offset,
+Pins the contract between data/targets.py (encode) and models/decode.py (decode): cell + offset,
 stride, voxel size, z, log dims, (cos, sin) and velocity must agree exactly.
 """
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from itkd_cli.core.types import DetectorOutput, TaskHeadOutput
-from itkd_cli.evaluate.decode import decode
+from itkd_cli.models.decode import decode
 from itkd_cli.recipe import load_recipe
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from itkd_cli.evaluate.nms import bev_corners, bev_iou_matrix, circle_nms, paired_bev_iou, rotated_nms
+from itkd_cli.models.nms import bev_corners, bev_iou_matrix, circle_nms, paired_bev_iou, rotated_nms
 
 shapely = pytest.importorskip("shapely.geometry")
 

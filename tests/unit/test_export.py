@@ -17,11 +17,11 @@ from itkd_cli.core.types import Detections
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(checkpoint, ExportResult) of one tiny pillar export (raw head outputs)."""
-    from itkd_cli.export.api import export_onnx
+    from itkd_cli.pipeline.export_run import export_checkpoint
 
     tmp = tmp_path_factory.mktemp("export")
     ck = tiny_checkpoint("pillar", tmp)
-    return ck, export_onnx(ck, tmp / "out", split=SPLIT, latency_runs=1)
+    return ck, export_checkpoint(ck, tmp / "out", split=SPLIT, latency_runs=1)
 
 
 def test_pillar_parity_on_two_frames_with_different_pillar_counts(exported):
@@ -93,15 +93,16 @@ def _corrupt(src, dst) -> None:
 
 
 def test_corrupted_weight_in_onnx_is_caught_and_file_named(exported, tmp_path):
-    from itkd_cli.export.api import _frames, load_checkpoint_model
+    from itkd_cli.data.frames import sample_frames
+    from itkd_cli.export.api import graph_frames, load_for_export
     from itkd_cli.export.verify import verify_onnx
     from itkd_cli.export.wrappers import build_graph, output_names
 
     ck, res = exported
     bad = tmp_path / "broken.onnx"
     _corrupt(res.onnx, bad)
-    model, recipe, _ = load_checkpoint_model(ck)
-    frames = [f for f, _ in _frames(model, recipe, SPLIT)]
+    model, recipe, _ = load_for_export(ck)
+    frames = graph_frames(model, recipe, sample_frames(recipe, SPLIT))
     graph = build_graph(model, recipe.model, recipe.dataset.class_names, False)
     with pytest.raises(JobFailed) as err:
         verify_onnx(bad, graph, frames, output_names(recipe.model, False), recipe, False, 1e-3)

@@ -132,5 +132,3 @@ def test_detector_forward_backward_and_taps(recipe: str) -> None:
         full = model(voxels, num, coords, 2)
         split = model.forward_head(model.forward_bev(voxels, num, coords, 2))
     torch.testing.assert_close(full.tasks[0].hm, split[0].hm)
-    assert full.shared.shape == (2, cfg.head.shared_conv_channels, h, w)
-    torch.testing.assert_close(full.shared, model.dense_head.shared_conv(full.bev))

@@ -1,4 +1,5 @@
-"""Student derivation: width policies, rounding rules, paper parameter counts, builds and forwards."""
+"""Student derivation: width policies, rounding rules, paper parameter counts, builds and forwards, and
+channel selection (the student started from the teacher's weights)."""
 
 from __future__ import annotations
 
@@ -86,3 +87,78 @@ def test_student_builds_and_forwards(recipe: str, ratio: float, policy: str, tas
         out = model(voxels, torch.ones(3, dtype=torch.int32), coords, 1)
     assert out.bev.shape == (1, student.bev_out_channels, *teacher.head_map_size)
     assert len(out.tasks) == len(teacher.head.tasks)
+
+
+# ------------------------------------------------------------- channel selection (weight surgery)
+def test_init_from_teacher_keeps_leading_channels(one_thread):
+    import torch
+
+    from itkd_cli.models.build import build_model
+    from itkd_cli.models.student import channel_select, derive_student
+
+    cfg = load_recipe("synth-pillar", ["model.grid.point_range=[-5.12,-5.12,-5.0,5.12,5.12,3.0]"]).model
+    teacher, student = build_model(cfg), build_model(derive_student(cfg, 0.25, "neck"))
+    copied = channel_select(student, teacher)
+    t_state, s_state = teacher.state_dict(), student.state_dict()
+    assert copied == len(s_state)  # every student tensor fits inside its teacher tensor
+    w_s, w_t = s_state["backbone_2d.blocks.0.1.weight"], t_state["backbone_2d.blocks.0.1.weight"]
+    assert w_s.shape[0] < w_t.shape[0]
+    assert torch.equal(w_s, w_t[: w_s.shape[0], : w_s.shape[1]])
+    assert torch.equal(s_state["vfe.pfn_layers.0.linear.weight"], t_state["vfe.pfn_layers.0.linear.weight"])
+
+
+def _batch_norms(model):
+    import torch
+
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
+
+
+def _kill_channels_beyond(teacher, student) -> None:
+    """Zero gamma and beta of every teacher BN channel the student does not keep: those channels output 0."""
+    import torch
+
+    s_modules = dict(student.named_modules())
+    for name, bn in _batch_norms(teacher):
+        keep = s_modules[name].num_features
+        with torch.no_grad():
+            bn.weight[keep:] = 0.0
+            bn.bias[keep:] = 0.0
+
+
+@pytest.mark.parametrize("policy", ["neck", "full"])
+@pytest.mark.parametrize("ratio", [0.5, 0.25])
+@pytest.mark.parametrize("recipe", ["synth-pillar", "synth-voxel"])
+def test_channel_select_reproduces_a_teacher_whose_extra_channels_are_dead(one_thread, recipe, ratio, policy):
+    # Reference: a teacher whose dropped channels output exactly 0 computes the same function as the
+    # selected student, if selection keeps the right channels of every concat (neck -> head, PFN layers).
+    import torch
+
+    from itkd_cli.models.build import build_model
+    from itkd_cli.models.student import channel_select, concat_input_index, derive_student
+
+    cfg = load_recipe(recipe, ["model.grid.point_range=[-5.12,-5.12,-5.0,5.12,5.12,3.0]"]).model
+    student_cfg = derive_student(cfg, ratio, policy)
+    torch.manual_seed(0)
+    teacher, student = build_model(cfg).eval(), build_model(student_cfg).eval()
+    for _, bn in _batch_norms(teacher):
+        torch.nn.init.uniform_(bn.weight, 0.5, 1.5)  # non-trivial BN so a wrong channel changes the output
+        torch.nn.init.uniform_(bn.bias, -0.2, 0.2)
+    _kill_channels_beyond(teacher, student)
+    assert channel_select(student, teacher, concat_input_index(cfg, student_cfg)) == len(student.state_dict())
+    nx, ny, nz = cfg.grid.grid_size
+    n = 40
+    coords = torch.stack([torch.zeros(n, dtype=torch.long), torch.randint(0, nz, (n,)),
+                          torch.randint(0, ny, (n,)), torch.randint(0, nx, (n,))], dim=1).int()
+    coords = torch.unique(coords, dim=0)
+    voxels = torch.randn(coords.shape[0], cfg.grid.max_points_per_voxel, cfg.num_point_features)
+    num_points = torch.full((coords.shape[0],), cfg.grid.max_points_per_voxel, dtype=torch.int32)
+    with torch.no_grad():
+        out_t, out_s = teacher(voxels, num_points, coords, 1), student(voxels, num_points, coords, 1)
+    for task_t, task_s in zip(out_t.tasks, out_s.tasks):
+        for name in ("hm", "center", "center_z", "dim", "rot", "vel"):
+            assert torch.allclose(getattr(task_t, name), getattr(task_s, name), atol=1e-4), name
+    # and the plain leading-channel selection (no concat index) does NOT reproduce it
+    channel_select(student, teacher)
+    with torch.no_grad():
+        assert not torch.allclose(teacher(voxels, num_points, coords, 1).tasks[0].hm,
+                                  student(voxels, num_points, coords, 1).tasks[0].hm, atol=1e-4)

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.types import DetectorOutput, Detections, TaskHeadOutput
-from itkd_cli.evaluate.nms import circle_nms, rotated_nms
+from itkd_cli.models.nms import circle_nms, rotated_nms
 from itkd_cli.recipe.schema import ModelConfig, PostProcessConfig
 
 

@@ -9,7 +9,7 @@ import torch
 
 from itkd_cli.core.types import DetectorOutput, TaskHeadOutput, TaskTargets
 from itkd_cli.recipe.schema import HeadConfig
-from itkd_cli.train.loss import (
+from itkd_cli.models.loss import (
     box_code_map, centerpoint_loss, focal_heatmap_loss, gather_feat, reg_l1_loss,
 )
 
