@@ -153,6 +153,13 @@ def kd_lambda(cfg: DistillConfig) -> float:
     return cfg.itkd.lam_value if cfg.method == "itkd" else cfg.baseline.lam
 
 
+def kd_term_weights(cfg: DistillConfig) -> dict[str, float]:
+    """The weight of each KDTerms field in ``total`` for the chosen method (empty for ``none``)."""
+    if cfg.method == "itkd":
+        return {"cr": cfg.itkd.w_cr, "it": cfg.itkd.w_it, "head": cfg.itkd.w_head}
+    return {"none": {}, "fitnet": {"feat": 1.0}}.get(cfg.method, {"hm": 1.0})
+
+
 def build_kd(cfg: DistillConfig, teacher_cfg: ModelConfig, student_cfg: ModelConfig) -> nn.Module:
     """The KD module of ``cfg.method``; forward(student, teacher, targets) -> KDTerms.
 

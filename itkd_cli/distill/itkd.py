@@ -128,7 +128,8 @@ def init_adapter_as_selection(adapter: nn.Conv2d, index: Optional[Sequence[int]]
     if index is None or len(index) != c_s or not all(0 <= i < c_t for i in index) or len(set(index)) != c_s:
         got = ("no channel map" if index is None
                else f"{len(index)} channels, {len(set(index))} distinct, max {max(index, default=-1)}")
-        raise ItkdError(f"distill.itkd.form: the default form's adapter needs {c_s} distinct teacher channels below {c_t}, "
+        raise ItkdError(f"distill.itkd.form: the default form's adapter needs {c_s} distinct teacher channels "
+                        f"below {c_t}, "
                         f"got {got}")
     with torch.no_grad():
         adapter.weight.zero_()

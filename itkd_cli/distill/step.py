@@ -14,10 +14,30 @@ from itkd_cli.models.loss import centerpoint_loss
 from itkd_cli.recipe.schema import HeadConfig
 
 StepFn = Callable[[Batch, float], tuple[Tensor, dict[str, float]]]
+# Steps between two measurements of each KD term's pull on the student (one extra backward per term); the
+# latest measurement is logged with every step as ``pull_<term>``.
+PULL_EVERY = 50
+
+
+def gradient_norm(loss: Tensor, params: list[nn.Parameter]) -> float:
+    """L2 norm of d loss / d params, the graph kept (0 when ``loss`` does not reach them)."""
+    if not loss.requires_grad:
+        return 0.0
+    grads = [g for g in torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) if g is not None]
+    return float(torch.sqrt(sum(g.float().pow(2).sum() for g in grads))) if grads else 0.0
+
+
+def pull_ratios(det: Tensor, terms: dict[str, Tensor], params: list[nn.Parameter]) -> dict[str, float]:
+    """Each weighted KD term's gradient norm on the student over the weighted detection loss's: above 1, that
+    term pulls the student harder than the labels do."""
+    det_norm = gradient_norm(det, params)
+    return {f"pull_{name}": gradient_norm(t, params) / det_norm if det_norm > 0 else float("inf")
+            for name, t in terms.items()}
 
 
 def distill_step_fn(student: nn.Module, teacher: Optional[nn.Module], kd: Optional[nn.Module], lam: float,
-                    head_cfg: HeadConfig, label_kd: Optional[LabelKD] = None, kd_warmup: float = 0.0) -> StepFn:
+                    head_cfg: HeadConfig, label_kd: Optional[LabelKD] = None, kd_warmup: float = 0.0,
+                    term_weights: Optional[dict[str, float]] = None) -> StepFn:
     """Loss of one batch: ``lam * KD + (1 - lam) * L_det`` (+ the teacher-label loss of sparsekd).
 
     Args:
@@ -29,6 +49,9 @@ def distill_step_fn(student: nn.Module, teacher: Optional[nn.Module], kd: Option
         label_kd: sparsekd's label KD, or None.
         kd_warmup: fraction of the steps during which the KD terms read the student's outputs detached:
             they train the KD modules only, and the student learns from detection alone (``distill.kd_warmup``).
+        term_weights: the weight of each KD term in ``KDTerms.total`` (``kd_term_weights``); given, every
+            ``PULL_EVERY`` steps the step measures ``pull_ratios`` (lam * weight * term against (1 - lam) * det)
+            and logs the latest with every step.
 
     Returns:
         step(batch, progress) -> (loss, logs); progress = fraction of the planned steps done.
@@ -37,6 +60,9 @@ def distill_step_fn(student: nn.Module, teacher: Optional[nn.Module], kd: Option
     teacher forward it does not use would make every KD method look cheaper.
     """
     distils = teacher is not None and kd is not None and lam > 0.0
+    params = [p for p in student.parameters() if p.requires_grad] if term_weights is not None else []
+    pulls: dict[str, float] = {}
+    calls = [0]
 
     def step(batch: Batch, progress: float):
         args = (batch.voxels, batch.num_points, batch.coords, batch.batch_size)
@@ -50,10 +76,15 @@ def distill_step_fn(student: nn.Module, teacher: Optional[nn.Module], kd: Option
         terms = kd(s_kd, t_out, batch.targets)
         kd_total = terms.total
         logs = {"det": det.total.detach(), **{k: v.detach() for k, v in terms._asdict().items() if k != "total"}}
+        weighted = {k: lam * w * getattr(terms, k) for k, w in (term_weights or {}).items() if w > 0}
         if label_kd is not None:
             label = label_kd(s_kd, t_out)
             kd_total = kd_total + label
             logs["label"] = label.detach()
-        return combine(det.total, kd_total, lam), {**{k: float(v) for k, v in logs.items()}, "lam": lam}
+            weighted["label"] = lam * label
+        if term_weights is not None and calls[0] % PULL_EVERY == 0:
+            pulls.update(pull_ratios((1.0 - lam) * det.total, weighted, params))
+        calls[0] += 1
+        return combine(det.total, kd_total, lam), {**{k: float(v) for k, v in logs.items()}, "lam": lam, **pulls}
 
     return step

@@ -15,7 +15,7 @@ from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.io import write_json
 from itkd_cli.data.loader import build_loader
 from itkd_cli.data.targets import assign_targets
-from itkd_cli.distill.baselines import build_kd, kd_lambda
+from itkd_cli.distill.baselines import build_kd, kd_lambda, kd_term_weights
 from itkd_cli.distill.label_kd import LabelKD
 from itkd_cli.distill.step import distill_step_fn
 from itkd_cli.distill.teacher import FrozenTeacher, freeze_teacher
@@ -24,7 +24,7 @@ from itkd_cli.models.checkpoint import LoadReport, save_checkpoint
 from itkd_cli.models.student import build_student
 from itkd_cli.models.teacher import load_teacher_model, teacher_recipe
 from itkd_cli.pipeline.profile import first_val_frame, profile_on_frame
-from itkd_cli.pipeline.report import plot_curves, teacher_notes, write_report
+from itkd_cli.pipeline.report import kd_pulls, plot_curves, pull_notes, read_metrics_log, teacher_notes, write_report
 from itkd_cli.recipe.load import apply_flags, compress_flags
 from itkd_cli.recipe.schema import ModelConfig, Recipe
 from itkd_cli.train import distributed
@@ -134,7 +134,8 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
         raise ItkdError(f"--resume: {last}: no interrupted run to continue", hint="drop --resume to start a new run")
     # The step runs the DDP wrappers (gradient averaging); checkpoints keep the bare modules.
     step_fn = distill_step_fn(distributed.wrap(run.student), run.teacher, distributed.wrap(run.kd, some_unused=True),
-                              kd_lambda(recipe.distill), run.student_cfg.head, run.label_kd, recipe.distill.kd_warmup)
+                              kd_lambda(recipe.distill), run.student_cfg.head, run.label_kd, recipe.distill.kd_warmup,
+                              term_weights=kd_term_weights(recipe.distill))
     done = fit(run.student, step_fn, loader, recipe.train, train_dir, s_recipe.model_dump(mode="json"), "student",
                aux={"kd": run.kd}, resume=last if resume else None, quiet=quiet, device=device)
     if not distributed.is_main():
@@ -148,6 +149,7 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
     curves = plot_curves(train_dir / "metrics.jsonl", out_dir / "curves.png",
                          f"{recipe.distill.method} student, ratio {recipe.student.ratio}")
     frame = first_val_frame(recipe)
+    pulls = kd_pulls(read_metrics_log(train_dir / "metrics.jsonl"))
     report = {
         "method": recipe.distill.method, "ratio": recipe.student.ratio, "policy": recipe.student.policy,
         "teacher_checkpoint": str(teacher), "student_checkpoint": str(student_ckpt),
@@ -155,7 +157,8 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
         "teacher": {**profile_on_frame(run.teacher.model, frame), **t_metrics},
         "student": {**profile_on_frame(run.student, frame), **s_metrics},
         "curves": str(curves) if curves else None,
-        "notes": teacher_notes(t_metrics, recipe.dataset.val_split),
+        "kd_pull": pulls,
+        "notes": teacher_notes(t_metrics, recipe.dataset.val_split) + pull_notes(pulls),
         "recipe": recipe.model_dump(mode="json"),
     }
     rj, rm = write_report(out_dir, report)

@@ -36,6 +36,25 @@ def teacher_notes(teacher: dict[str, Any], split: str) -> list[str]:
             "compare nothing; check that it was trained on this dataset and its classes, or train it longer"]
 
 
+def kd_pulls(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per KD term, the mean and max over the logged steps of its ``pull_<term>`` (gradient on the student over
+    the detection loss's, see ``distill.step.pull_ratios``)."""
+    out: dict[str, dict[str, float]] = {}
+    names = sorted({k for r in records for k in r if k.startswith("pull_")})
+    for key in names:
+        values = [float(r[key]) for r in records if key in r]
+        out[key.removeprefix("pull_")] = {"mean": sum(values) / len(values), "max": max(values)}
+    return out
+
+
+def pull_notes(pulls: dict[str, dict[str, float]]) -> list[str]:
+    """Say so when a KD term pulls the student harder than its labels do, on average over training."""
+    strong = {name: p["mean"] for name, p in pulls.items() if p["mean"] > 1.0}
+    return [f"KD outweighs detection: the {name} term's gradient on the student is {ratio:.1f}x the detection "
+            "loss's (mean over training); lower the method's lambda (distill.itkd.lam, distill.baseline.lam) or "
+            "that term's weight" for name, ratio in strong.items()]
+
+
 def _fmt(value: Any, fmt: str) -> str:
     return "n/a" if value is None else fmt.format(value)
 
@@ -68,6 +87,12 @@ def _markdown(report: dict[str, Any]) -> str:
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in comparison_rows(t, s)]
     lines += ["", "## AP per class", "", "| class | teacher | student |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in per_class_rows(t, s)]
+    if report.get("kd_pull"):
+        lines += ["", "## KD pull on the student", "",
+                  "Gradient norm of each weighted KD term on the student over the weighted detection loss's "
+                  "(measured every 50 steps; above 1 the term outweighs the labels).", "",
+                  "| term | mean | max |", "|---|---|---|"]
+        lines += [f"| {name} | {p['mean']:.3f} | {p['max']:.3f} |" for name, p in report["kd_pull"].items()]
     if report.get("notes"):
         lines += ["", "## Notes", "", *[f"- {note}" for note in report["notes"]]]
     if report.get("curves"):
@@ -100,7 +125,8 @@ def plot_curves(metrics_jsonl: Path, out_png: Path, title: str) -> Optional[Path
     import matplotlib.pyplot as plt
 
     skip = {"step", "epoch", "lr", "sec_per_step", "lam"}  # not losses
-    keys = [k for k in steps[0] if k not in skip and isinstance(steps[0][k], (int, float))]
+    keys = [k for k in steps[0]
+            if k not in skip and not k.startswith("pull_") and isinstance(steps[0][k], (int, float))]
     evals = [r for r in records if "eval" in r]
     fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(11 if evals else 6, 4), squeeze=False)
     ax = axes[0][0]

@@ -43,7 +43,7 @@ def test_demo_writes_every_artifact(demo_run) -> None:
             assert summary[side][key] is not None, f"{side}.{key}"
     for step in ("[1/4]", "[2/4]", "[3/4]", "[4/4]"):
         assert step in result.output  # each step announces its stand-alone command
-    assert "itkd compress --teacher" in result.output
+    assert "itkd compress --recipe synth-pillar-itkd-1-4 --teacher" in result.output
     # a 1-epoch teacher on the small world learns nothing: the demo says so instead of a silent table of zeros
     assert summary["teacher"]["mAP"] < 0.05
     assert len(summary["notes"]) == 1 and "preset 'small' is a smoke test" in summary["notes"][0]
