@@ -304,7 +304,8 @@ def load_teacher(path: str | Path, target: Any = None, strict: bool = True,
     lines = diff.lines()
     if strict and lines:
         raise ItkdError(f"{path}: does not fit the recipe's model: " + "\n".join(lines),
-                        hint="check --recipe matches the checkpoint (`itkd checkpoint inspect`), or pass --non-strict")
+                        hint="check --recipe matches the checkpoint (`itkd checkpoint inspect`), or map it with "
+                             "`itkd checkpoint convert --non-strict`")
     sd = conv.state_dict
     if lines:  # non-strict: load what fits, report the rest
         bad = set(diff.unexpected) | {k for k, _, _ in diff.mismatched}

@@ -31,6 +31,27 @@ def _scale_all(values, ratio: float) -> list[int]:
     return [scale_width(int(v), ratio) for v in values]
 
 
+def collapsed(channels: int, ratio: float) -> bool:
+    """Whether ``ratio`` asks for less than one channel of a layer: ``scale_width`` would keep its minimum
+    width (8, or 1), so the student's width would no longer follow the ratio."""
+    return channels * ratio < 1
+
+
+def _collapsed_layers(model_cfg: ModelConfig, ratio: float, policy: str) -> list[str]:
+    """The scaled layers (``model.section.field[i]: channels``) of which ``ratio`` asks less than one channel."""
+    layers = [(f"backbone_2d.{name}", model_cfg.backbone_2d.model_dump()[name])
+              for name in ("num_filters", "num_upsample_filters")]
+    if policy == "full":
+        if model_cfg.vfe.kind == "pillar":
+            layers.append(("vfe.filters", model_cfg.vfe.filters))
+        if model_cfg.backbone_3d is not None:
+            layers += [("backbone_3d.filters", model_cfg.backbone_3d.filters),
+                       ("backbone_3d.out_channels", [model_cfg.backbone_3d.out_channels])]
+        layers += [(f"head.{name}", [getattr(model_cfg.head, name)])
+                   for name in ("shared_conv_channels", "head_conv_channels")]
+    return [f"model.{name}[{i}]: {c}" for name, values in layers for i, c in enumerate(values) if collapsed(int(c), ratio)]
+
+
 def derive_student(model_cfg: ModelConfig, ratio: float, policy: str) -> ModelConfig:
     """Student architecture for a width ``ratio`` under a width ``policy``.
 
@@ -48,6 +69,11 @@ def derive_student(model_cfg: ModelConfig, ratio: float, policy: str) -> ModelCo
         raise ItkdError(f"student.policy: unknown width policy {policy!r}", hint=f"choose one of {', '.join(POLICIES)}")
     if not 0 < ratio <= 1:
         raise ItkdError(f"student.ratio: {ratio:g} is not in (0, 1]", hint="e.g. 0.5 for a 1/2-width or 0.25 for a 1/4-width student")
+    tiny = _collapsed_layers(model_cfg, ratio, policy)
+    if tiny:
+        raise ItkdError(f"student.ratio: {ratio:g} asks for less than one channel of {len(tiny)} layer(s) "
+                        f"({', '.join(tiny[:4])}{', ...' if len(tiny) > 4 else ''}); they would collapse to the "
+                        "minimum width", hint="choose a larger --ratio (e.g. 0.25 or 0.5)")
     data = model_cfg.model_dump(mode="python")
     neck = data["backbone_2d"]
     neck["num_filters"] = _scale_all(neck["num_filters"], ratio)

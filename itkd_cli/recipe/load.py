@@ -61,14 +61,17 @@ def deep_merge(base: dict, top: dict) -> dict:
 def read_yaml(path: Path) -> dict:
     """Parse one YAML mapping, with file-named errors."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise RecipeError([f"{path}: cannot read ({exc.strerror})"]) from None
+    except UnicodeDecodeError as exc:
+        bad = exc.object[exc.start:exc.start + 1]
+        raise RecipeError([f"{path}: not a UTF-8 text file (byte {exc.start}: {bad!r})"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeError([f"{path}:{where}: invalid YAML: {problem}"]) from None
+        where = f" line {mark.line + 1}:" if mark else ""
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc).splitlines()[0]
+        raise RecipeError([f"{path}:{where} invalid YAML: {problem}"]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -1,1 +1,1 @@
-"""itkd_cli.train"""
+"""itkd_cli.train: the one training loop (teacher training and distillation), optimiser, checkpoints, DDP."""

@@ -153,7 +153,7 @@ def train_step(run: TrainRun, step_fn: StepFn, batch: Any, cfg: TrainConfig, ste
     kept = f"last good checkpoint kept: {last}" if last.is_file() else "no checkpoint written yet"
     if not math.isfinite(value):
         raise JobFailed(f"step {step}: loss is {value}; training stopped ({kept})",
-                        hint="lower train.lr or check the data (`itkd data check`)")
+                        hint="lower train.lr or check the data (`itkd data inspect`)")
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.unscale_(run.optimizer)

@@ -162,3 +162,20 @@ def test_channel_select_reproduces_a_teacher_whose_extra_channels_are_dead(one_t
     with torch.no_grad():
         assert not torch.allclose(teacher(voxels, num_points, coords, 1).tasks[0].hm,
                                   student(voxels, num_points, coords, 1).tasks[0].hm, atol=1e-4)
+
+
+@pytest.mark.parametrize("recipe,ratio,policy,layers,first", [
+    ("synth-pillar", 1e-9, "neck", 6, "model.backbone_2d.num_filters[0]: 32"),  # every neck layer
+    ("synth-pillar", 0.02, "neck", 1, "model.backbone_2d.num_filters[0]: 32"),  # 0.64 channel; 64 -> 1.28 is fine
+    ("synth-voxel", 0.05, "full", 4, "model.backbone_3d.filters[0]: 8"),  # 8, 8, 16 of the 3D backbone, head 16
+])
+def test_a_ratio_asking_for_less_than_one_channel_is_refused_naming_the_layers(recipe, ratio, policy, layers, first):
+    with pytest.raises(ItkdError) as err:
+        derive_student(load_recipe(recipe).model, ratio, policy)
+    msg = str(err.value)
+    assert msg.startswith(f"student.ratio: {ratio:g} asks for less than one channel of {layers} layer(s) ({first}")
+
+
+def test_a_small_ratio_that_still_asks_for_a_channel_builds():
+    cfg = load_recipe("synth-pillar").model
+    assert derive_student(cfg, 0.1, "neck").backbone_2d.num_filters == [8, 8, 16]  # 3.2, 6.4, 12.8 channels

@@ -114,3 +114,23 @@ def test_a_bad_override_is_blamed_on_the_flag_not_the_file(tmp_path: Path) -> No
 def test_cli_bad_override_is_a_user_error(cli) -> None:
     result = cli("recipe", "show", "synth-pillar", "--set", "train.epochs")
     assert result.exit_code == 2 and "key.path=value" in result.output
+
+
+@pytest.mark.parametrize("raw,expected", [
+    (b"description: caf\xe9\n", "not a UTF-8 text file (byte 16: b'\\xe9')"),  # Latin-1
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "not a UTF-8 text file (byte 0"),  # binary
+    (b"\x00\x01abc", "invalid YAML: special characters are not allowed"),  # UTF-8, but no text
+])
+def test_a_recipe_that_is_not_text_is_one_error_naming_the_file(tmp_path: Path, cli, raw: bytes, expected: str) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_bytes(raw)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert err.value.problems == [f"{path}: {expected}"] or err.value.problems[0].startswith(f"{path}: {expected}")
+    for args in (("recipe", "validate", str(path)), ("recipe", "show", str(path)),
+                 ("train", "--recipe", str(path), "--out", str(tmp_path / "run"))):
+        result = cli(*args)
+        assert result.exit_code == 2 and "Traceback" not in result.output, args
+        assert [line for line in result.output.splitlines() if line.startswith("error:")] == [
+            f"error: {err.value.problems[0]}"], args
+    assert not (tmp_path / "run").exists()
