@@ -16,7 +16,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Progress, tables and messages go to stderr so that stdout stays clean for --json.
 console = Console(stderr=True)
-STATE = {"quiet": False, "rank": 0}  # rank: this process under torchrun (0 alone)
+STATE = {"quiet": False, "rank": 0, "emitted": False}  # rank: this process under torchrun (0 alone)
 
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
 SetOpt = typer.Option([], "--set", help="Override a recipe field: key.path=value (repeatable).")
@@ -38,6 +38,7 @@ def emit_json(data: Any) -> None:
     """Write machine-readable output on stdout."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     sys.stdout.flush()
+    STATE["emitted"] = True
 
 
 def report_error(exc: ItkdError) -> None:
@@ -50,14 +51,18 @@ def report_error(exc: ItkdError) -> None:
 
 
 def handle_errors(func: F) -> F:
-    """Turn ItkdError into a one-line message + exit code; Ctrl-C into exit 130."""
+    """Turn ItkdError into a one-line message + exit code; Ctrl-C into exit 130. Under ``--json`` the error is
+    also a JSON object ``{error, hint, exit_code}`` on stdout, unless the command already wrote its result there."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        STATE["emitted"] = False
         try:
             return func(*args, **kwargs)
         except ItkdError as exc:
             report_error(exc)
+            if kwargs.get("json_out") and not STATE["emitted"]:
+                emit_json({"error": str(exc), "hint": exc.hint, "exit_code": exc.exit_code})
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]")

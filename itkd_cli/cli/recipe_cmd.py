@@ -52,7 +52,8 @@ def show(name: str = typer.Argument(..., help="Recipe name or path."), overrides
 @handle_errors
 def cp(name: str = typer.Argument(..., help="Built-in recipe name or path."),
        dest: Path = typer.Argument(..., help="Where to write the copy."),
-       force: bool = typer.Option(False, "--force", help="Overwrite an existing file.")) -> None:
+       force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+       json_out: bool = JsonOpt) -> None:
     """Copy a recipe to edit it (the copy keeps its `extends:` line)."""
     src = resolve_path(name)
     if dest.is_dir():
@@ -62,6 +63,8 @@ def cp(name: str = typer.Argument(..., help="Built-in recipe name or path."),
     load_raw(src)  # the source must resolve before anything is written
     # `extends:` names built-in recipes, which resolve from anywhere, so the text copies as is.
     write_text(dest, src.read_text())
+    if json_out:
+        emit_json({"recipe": str(src), "wrote": str(dest)})
     result(f"wrote {dest}")
 
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+# A DataLoader worker's exception reaches the main process as its type plus the worker's formatted traceback
+# (torch re-raises ``type(text)``): the hint travels in the message behind this mark, and the main process
+# takes the original message and hint back out of that text.
+WORKER_HINT = " <<hint>> "
+WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
 
 class ItkdError(Exception):
     """A user-facing error: the CLI prints it as one line (plus an optional hint) and exits 2.
@@ -13,6 +19,8 @@ class ItkdError(Exception):
     """
 
     def __init__(self, message: str, hint: str | None = None, exit_code: int = 2) -> None:
+        if WORKER_TRACEBACK in message:  # re-raised from a DataLoader worker: keep the user's message only
+            message, hint = _from_worker(message, hint)
         super().__init__(message)
         self.message = message
         self.hint = hint
@@ -20,6 +28,22 @@ class ItkdError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+    def for_worker(self) -> "ItkdError":
+        """The same error with the hint inside the message, to cross a DataLoader worker's process boundary."""
+        return type(self)(self.message + (WORKER_HINT + self.hint if self.hint else ""))
+
+
+def _from_worker(text: str, hint: str | None) -> tuple[str, str | None]:
+    """(message, hint) of an ItkdError from the traceback text a DataLoader worker sent."""
+    last = text.rstrip().splitlines()[-1]
+    for name in ("JobFailed: ", "ItkdError: "):
+        if name in last:
+            last = last.split(name, 1)[1]
+            break
+    message, _, worker_hint = last.partition(WORKER_HINT)
+    return message, worker_hint or hint
 
 
 class JobFailed(ItkdError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import numpy as np
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.data.augment import augment, range_filter
@@ -95,6 +95,12 @@ class NuScenesDataset(Dataset):
         return load_frame_points(cfg.root, self.infos[index], cfg.sweeps)
 
     def __getitem__(self, item: int | tuple[int, int]) -> FrameSample:
+        try:
+            return self._sample(item)
+        except ItkdError as exc:  # in a DataLoader worker the hint would be lost on the way to the user
+            raise exc.for_worker() if get_worker_info() is not None else exc
+
+    def _sample(self, item: int | tuple[int, int]) -> FrameSample:
         epoch, index = item if isinstance(item, tuple) else (self.epoch, item)
         points, (boxes, labels) = self.points(index), self.annotations(index)
         if self.train:

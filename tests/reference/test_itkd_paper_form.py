@@ -32,8 +32,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: do not overs
 
 MAX_OBJ = 6  # model.head.max_objects: the paper form's N (attention) and MSE_gt slot normaliser
 B, H, W = 2, 4, 5  # H != W so that a transposed flat index y * W + x would be caught
-RTOL = 1e-9  # float64 terms (cr, it): MSE_gt is summed in float32 by design, ~1e-7 relative at worst
-HEAD_RTOL = 1e-5  # anything through the float32 head attention (see module docstring)
+RTOL = 1e-7  # float64 terms (cr, it); MSE_gt is summed in float32 by design (float32 eps 6e-8)
+HEAD_RTOL = 1e-6  # anything through the float32 head attention (see module docstring); measured <= 3e-7
 SHRINK = ["model.backbone_2d.num_upsample_filters=[16,16,16]", f"model.head.max_objects={MAX_OBJ}",
           "distill.itkd.form=paper"]
 
@@ -50,12 +50,12 @@ def _recipe(*sets: str):
 
 def _distiller(**weights: float) -> ItkdDistiller:
     """build_distiller on a shrunk real recipe (C_t 48, student neck 1/4), fixed seed, random mix logits."""
-    recipe = _recipe()
+    recipe = _recipe(*(f"distill.itkd.{k}={v}" for k, v in weights.items()))
     t_cfg = recipe.model
     s_cfg = derive_student(t_cfg, 0.25, "neck")
-    cfg = recipe.distill.itkd.model_copy(update=weights)
+    assert all(getattr(recipe.distill.itkd, k) == v for k, v in weights.items())
     torch.manual_seed(0)
-    dist = build_distiller(cfg, t_cfg, s_cfg)
+    dist = build_distiller(recipe.distill.itkd, t_cfg, s_cfg)
     with torch.no_grad():
         for fusion in dist.head_fusion:  # off the symmetric start a = 1/2, so d/d mix_logit is non-trivial
             fusion.mix_logit.copy_(torch.randn_like(fusion.mix_logit))
@@ -227,7 +227,8 @@ def _check(dist: ItkdDistiller, w_cr: float, w_it: float, w_head: float) -> None
     names, wrt = _wrt(dist, inp)
     g_mod, g_ref = _grads(got.total, wrt), _grads(ref["total"], wrt)
     for name, a, b in zip(names, g_mod, g_ref):
-        torch.testing.assert_close(a.double(), b.double(), rtol=HEAD_RTOL, atol=1e-9 * max(1.0, b.abs().max().item()),
+        # float32 head attention: an element much smaller than its tensor's largest is judged on that scale
+        torch.testing.assert_close(a.double(), b.double(), rtol=HEAD_RTOL, atol=HEAD_RTOL * b.abs().max().item(),
                                    msg=lambda m: f"d total / d {name}: {m}")
     # the frozen teacher gets no gradient from either
     t_leaves = _teacher_leaves(inp)

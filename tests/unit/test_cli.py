@@ -143,3 +143,32 @@ def test_bad_compress_flags_are_reported_before_torch_loads(tmp_path: Path, flag
     code, torch_loaded, output = _invoke_in_fresh_python(args)
     assert code == 2 and expected in output.replace("\n", " ") and "Traceback" not in output, output
     assert not torch_loaded and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ("compress", "--teacher", "/no/such/teacher.pth", "--json"),
+    ("export", "--onnx", "--checkpoint", "/no/such/student.pth", "--json"),
+    ("recipe", "show", "no-such-recipe", "--json"),
+    ("recipe", "cp", "no-such-recipe", "x.yaml", "--json"),
+    ("info", "--recipe", "synth-pillar", "--ratio", "1e-9", "--json"),
+])
+def test_an_error_under_json_is_one_json_object_on_stdout(cli, args) -> None:
+    """A CI job reading --json gets the reason too: {error, hint, exit_code}, and nothing else on stdout."""
+    import json
+
+    result = cli(*args)
+    assert result.exit_code == 2
+    data = json.loads(result.stdout)
+    assert set(data) == {"error", "hint", "exit_code"} and data["exit_code"] == 2 and data["error"]
+    assert f"error: {data['error'].splitlines()[0]}" in result.stderr
+
+
+def test_recipe_cp_json(cli, tmp_path: Path) -> None:
+    import json
+
+    from itkd_cli.recipe.load import builtin_dir
+
+    result = cli("recipe", "cp", "synth-pillar-itkd-1-4", str(tmp_path), "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == {"recipe": str((builtin_dir() / "synth-pillar-itkd-1-4.yaml").resolve()),
+                                         "wrote": str(tmp_path / "synth-pillar-itkd-1-4.yaml")}

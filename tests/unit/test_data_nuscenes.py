@@ -137,3 +137,37 @@ def test_every_object_kind_is_counted(world):
     assert len(OBJECTS) == 3
     assert cache.describe(cache.load_infos(tiny_recipe(world).dataset, "tiny_val"))["boxes"] == {
         "animal": 2, "car": 2, "pedestrian": 2}
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_bad_point_file_met_in_a_worker_is_the_users_error_not_a_traceback(world, damage):
+    """Raised inside a DataLoader worker, the ItkdError reaches the main process with its one-line message and
+    hint, as in a run without workers."""
+    from itkd_cli.data.loader import build_loader
+
+    path = world / "samples/LIDAR_TOP/f0_key.pcd.bin"
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:-6])
+    errors = []
+    for workers in (0, 1):
+        loader = build_loader(tiny_recipe(world, f"dataset.workers={workers}"), "tiny_val", train=False, batch_size=1,
+                              shuffle=False, seed=0)
+        with pytest.raises(ItkdError) as err:
+            list(loader)
+        errors.append((err.value.message, err.value.hint, err.value.exit_code))
+    assert errors[0] == errors[1]
+    message, hint, code = errors[1]
+    assert "\n" not in message and "Traceback" not in message and "f0_key.pcd.bin (sample_data sd_key0)" in message
+    assert code == 2 and (hint == "check dataset.root and the samples/ sweeps/ folders") is (damage == "missing")
+
+
+def test_worker_text_without_a_hint_keeps_the_message():
+    from itkd_cli.core.errors import WORKER_HINT, JobFailed
+
+    text = ("Caught ItkdError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+            '  File "x.py", line 1, in <module>\nitkd_cli.core.errors.ItkdError: a.bin: bad')
+    assert (ItkdError(text).message, ItkdError(text).hint) == ("a.bin: bad", None)
+    failed = JobFailed(text.replace("ItkdError: a.bin: bad", f"JobFailed: parity 2e-3{WORKER_HINT}raise --atol"))
+    assert (failed.message, failed.hint, failed.exit_code) == ("parity 2e-3", "raise --atol", 1)
