@@ -20,7 +20,7 @@ def compress_command(
     teacher: Path = typer.Option(..., "--teacher", "-t", help="Teacher checkpoint (itkd, OpenPCDet, det3d, SparseKD, bare, .safetensors)."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Student width / teacher width, in (0, 1] (default: recipe student.ratio)."),
     policy: Optional[str] = typer.Option(None, "--policy", help="neck (scale the 2D neck, itKD paper) | full (also 3D backbone and head)."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe (default: the one stored in an itkd teacher checkpoint)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe: the teacher's, or a compress recipe such as cp-pillar-waymo-itkd-1-4 (`itkd recipe ls`); default: the one stored in an itkd teacher checkpoint."),
     method: Optional[str] = typer.Option(None, "--method", "-m", help=f"Distillation method: {METHODS}."),
     out: Path = typer.Option(Path("runs/compress"), "--out", "-o", help="Run folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
