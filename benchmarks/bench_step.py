@@ -4,13 +4,13 @@ Usage:
     .venv/bin/python benchmarks/bench_step.py --out runs/cmp30 [--methods none itkd ...] [--steps 20]
         [--warmup 3] [--set KEY=VALUE ...]
 
-Reads what `bench_compare.py --out DIR` made (DIR/recipe.yaml, DIR/teacher/last.pth, DIR/world). For
+Reads what `bench_kd.py --out DIR` made (DIR/teacher/last.pth, DIR/world; recipe synth-pillar-itkd-1-4). For
 every method it builds what `itkd compress` builds (teacher-initialised student, frozen teacher, KD
 modules, optimiser) and times the very step `itkd compress` trains with (frozen teacher forward,
 student forward, losses, backward, clip, optimiser and scheduler step) on the same batches, which
 are loaded once beforehand (data loading is not timed). Steps are taken round-robin, one per method
 at a time, and the table reports each method's median and its ratio to `none` (the student alone).
-bench_compare.py's "train s/step" column is the end-to-end figure with data loading; runs there are
+End-to-end step times (with data loading) are in each run's train/metrics.jsonl; runs there are
 minutes apart, so this script is the one to compare step costs with.
 """
 
@@ -37,7 +37,7 @@ METHODS = ("none", "hinton", "fitnet", "sparsekd", "itkd")
 def make_stepper(out: Path, method: str, ratio: float, sets: list[str], total: int):
     """(one-step callable, recipe) for ``method``, built as `itkd compress` builds its run."""
     teacher_path = out / "teacher" / "last.pth"
-    recipe = compress_recipe(teacher_path, str(out / "recipe.yaml"), sets, ratio, None, method)
+    recipe = compress_recipe(teacher_path, "synth-pillar-itkd-1-4", sets, ratio, None, method)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     d = build_distillation(recipe, teacher_path, device)
     step_fn = distill_step_fn(d.student, d.teacher, d.kd, kd_lambda(recipe.distill), d.student_cfg.head, d.label_kd,
@@ -58,7 +58,7 @@ def make_stepper(out: Path, method: str, ratio: float, sets: list[str], total: i
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True, help="a bench_compare.py output folder")
+    ap.add_argument("--out", type=Path, required=True, help="a bench_kd.py output folder")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--steps", type=int, default=20, help="timed steps per method")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per method first")

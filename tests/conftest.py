@@ -74,6 +74,6 @@ def load_benchmark(name: str):
 
 @pytest.fixture(scope="module")
 def bench():
-    """benchmarks/bench_compare.py as a module."""
-    return load_benchmark("bench_compare")
+    """benchmarks/bench_kd.py as a module."""
+    return load_benchmark("bench_kd")
 

@@ -8,8 +8,9 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from itkd_cli.cli.common import JsonOpt, SetOpt, console, emit_json, handle_errors, result, say
+from itkd_cli.cli.common import ForceOpt, JsonOpt, SetOpt, console, emit_json, handle_errors, result, say
 from itkd_cli.core.errors import ItkdError
+from itkd_cli.core.run_dir import claim_file
 
 app = typer.Typer(help="Inspect and convert checkpoints (OpenPCDet, det3d/CenterPoint, SparseKD, ours).",
                   no_args_is_help=True)
@@ -90,6 +91,7 @@ def convert(path: Path = typer.Argument(..., help="Checkpoint file in any suppor
             overrides: List[str] = SetOpt, layout: Optional[str] = LayoutOpt,
             safetensors: bool = typer.Option(False, "--safetensors", help="Write .safetensors instead of .pth."),
             role: str = typer.Option("teacher", "--role", help="teacher or student."),
+            force: bool = ForceOpt,
             non_strict: bool = NonStrictOpt, json_out: bool = JsonOpt) -> None:
     """Convert to our format (OpenPCDet names, spconv 2.3 layout, recipe stored), written atomically."""
     from itkd_cli.models.build import build_model
@@ -98,6 +100,7 @@ def convert(path: Path = typer.Argument(..., help="Checkpoint file in any suppor
 
     if role not in ("teacher", "student"):
         raise ItkdError(f"--role: {role!r} is not teacher or student")
+    claim_file(out, force=force)  # before any work: an existing file is never silently replaced
     rec = load_recipe(recipe, overrides)
     model = build_model(rec.model)
     report = load_into(model, path, strict=not non_strict, layout=layout)
@@ -110,7 +113,17 @@ def convert(path: Path = typer.Argument(..., help="Checkpoint file in any suppor
         save_checkpoint(out, model, rec, role, epoch=epoch, metrics=None)
     for line in report.warnings:
         say(f"[yellow]warning:[/] {line}")
-    result(f"wrote {out} ({report.format}, {report.naming} names, spconv {report.layout} -> 2.3, "
-        f"{report.num_params:,} parameters)")
+    result(f"wrote {out} ({report.format}, {report.naming} names, "
+           f"{f'spconv {report.layout} -> 2.3' if report.layout else 'no sparse convs'}, {_params_line(report)})")
     if json_out:
         emit_json({"out": str(out), **report.to_dict()})
+
+
+def _params_line(report) -> str:
+    """Parameter counts of what was written: the file's own, how many of them the network took, how many of
+    the network's stayed at init (non-strict against another architecture loads only part of it)."""
+    if report.loaded_params == report.num_params == report.model_params:
+        return f"{report.num_params:,} parameters"
+    return (f"the file holds {report.num_params:,} parameters, {report.loaded_params:,} of them loaded into the "
+            f"recipe's network of {report.model_params:,}; {report.model_params - report.loaded_params:,} "
+            "stayed at init")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
-from typing import Any, Callable, TypeVar
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Sequence, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,6 +22,17 @@ STATE = {"quiet": False, "rank": 0, "emitted": False}  # rank: this process unde
 
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
 SetOpt = typer.Option([], "--set", help="Override a recipe field: key.path=value (repeatable).")
+ForceOpt = typer.Option(False, "--force", help="Replace what --out already holds (an old run folder is moved aside, never mixed).")
+
+
+def owned(folder: Path, command: str, products: Sequence[str], *, resume: bool = False, force: bool = False,
+          can_resume: bool = True) -> ContextManager:
+    """Claim a run folder for the command (core.run_dir.claim); under torchrun only rank 0 claims it."""
+    from itkd_cli.core.run_dir import claim
+
+    if STATE["rank"] > 0:
+        return contextlib.nullcontext(folder)
+    return claim(folder, command, products, resume=resume, force=force, can_resume=can_resume, say=say)
 
 
 def say(message: str) -> None:

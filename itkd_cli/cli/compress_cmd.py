@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.table import Table
 
-from itkd_cli.cli.common import STATE, JsonOpt, SetOpt, emit_json, handle_errors, result as show_result, say
+from itkd_cli.cli.common import (
+    STATE, ForceOpt, JsonOpt, SetOpt, emit_json, handle_errors, owned, result as show_result, say,
+)
 from itkd_cli.core.errors import ItkdError
+from itkd_cli.core.io import WriteFailed
 from itkd_cli.recipe.load import apply_flags, compress_flags, load_recipe
 
 METHODS = "itkd | none | hinton | fitnet | sparsekd"
+RUN_PRODUCTS = ("train", "student.pth", "report.json")  # a compress run folder holds any of these
 
 
 @handle_errors
@@ -24,6 +29,7 @@ def compress_command(
     method: Optional[str] = typer.Option(None, "--method", "-m", help=f"Distillation method: {METHODS}."),
     out: Path = typer.Option(Path("runs/compress"), "--out", "-o", help="Run folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    force: bool = ForceOpt,
     max_eval_frames: Optional[int] = typer.Option(None, "--max-eval-frames", help="Evaluate only the first N val frames."),
     overrides: List[str] = SetOpt,
     json_out: bool = JsonOpt,
@@ -40,9 +46,21 @@ def compress_command(
         apply_flags(load_recipe(recipe, overrides), flags)
     from itkd_cli.pipeline.compress import compress, compress_recipe
 
-    rec = compress_recipe(teacher, recipe, overrides, ratio, policy, method)
-    result = compress(rec, teacher, out, resume=resume, quiet=STATE["quiet"] or json_out,
-                      max_eval_frames=max_eval_frames, log=say)
+    again = resume_command(teacher, out, recipe, ratio, policy, method, max_eval_frames, overrides)
+    try:  # the folder is claimed before the teacher is read: a refused --out costs nothing
+        with owned(out, "itkd compress", RUN_PRODUCTS, resume=resume, force=force):
+            rec = compress_recipe(teacher, recipe, overrides, ratio, policy, method)
+            result = compress(rec, teacher, out, resume=resume, quiet=STATE["quiet"] or json_out,
+                              max_eval_frames=max_eval_frames, log=say)
+    except WriteFailed as exc:
+        if (out / "train" / "last.pth").is_file():
+            exc.hint = f"free space in {out}, then continue from its last complete checkpoint: {again}"
+        raise
+    except KeyboardInterrupt:
+        if (out / "train" / "last.pth").is_file():
+            say(f"stopped: {out / 'train' / 'last.pth'} holds the last completed step; continue with "
+                f"`{again}`")
+        raise
     if result is None:  # a torchrun process other than rank 0: rank 0 reports
         return
     if json_out:
@@ -52,6 +70,18 @@ def compress_command(
     for note in result.report.get("notes", []):
         say(f"note: {note}")
     show_result(f"student: {result.student_checkpoint}\nreport:  {result.report_md}\ncurves:  {result.curves}")
+
+
+def resume_command(teacher: Path, out: Path, recipe: Optional[str], ratio: Optional[float], policy: Optional[str],
+                   method: Optional[str], max_eval_frames: Optional[int], overrides: List[str]) -> str:
+    """The command that continues this run: compress rebuilds its run from the same flags, plus --resume."""
+    args = ["itkd", "compress", "--teacher", str(teacher), "--out", str(out)]
+    for flag, value in (("--recipe", recipe), ("--ratio", ratio), ("--policy", policy), ("--method", method),
+                        ("--max-eval-frames", max_eval_frames)):
+        args += [flag, str(value)] if value is not None else []
+    for item in overrides:
+        args += ["--set", item]
+    return shlex.join([*args, "--resume"])
 
 
 def print_comparison(report: dict) -> None:

@@ -45,6 +45,11 @@ def register(app: typer.Typer) -> None:
             task = progress.add_task("synth", total=None)
             summary = generate(out, scenes=scenes, frames=frames, seed=seed, preset=preset,
                                progress=lambda done, total: progress.update(task, completed=done, total=total))
+        for folder in summary["cleared_staging"]:
+            say(f"removed {folder}: staging folder of an interrupted run")
+        for folder in summary["unknown_staging"]:
+            say(f"[yellow]warning:[/] left {folder} alone: named like a staging folder but without our owner "
+                "record (delete it if it is yours)")
         if json_out:
             emit_json(summary)
         else:

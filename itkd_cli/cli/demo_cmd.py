@@ -26,12 +26,15 @@ def demo_command(
     json_out: bool = JsonOpt,
 ) -> None:
     """Synthetic world -> teacher -> itKD student -> official nuScenes eval -> ONNX; re-run to resume."""
+    from itkd_cli.core.run_dir import claim
     from itkd_cli.pipeline.demo import run_demo
 
-    summary = run_demo(out, preset=preset, seed=seed, scenes=scenes, frames=frames, ratio=ratio,
-                       teacher_epochs=teacher_epochs, student_epochs=student_epochs,
-                       max_eval_frames=max_eval_frames, extra=tuple(overrides),
-                       quiet=STATE["quiet"] or json_out, log=say)
+    # The demo owns --out (locked against a second demo); re-running it resumes, keyed on each step's inputs.
+    with claim(out, "itkd demo", products=(), say=say):
+        summary = run_demo(out, preset=preset, seed=seed, scenes=scenes, frames=frames, ratio=ratio,
+                           teacher_epochs=teacher_epochs, student_epochs=student_epochs,
+                           max_eval_frames=max_eval_frames, extra=tuple(overrides),
+                           quiet=STATE["quiet"] or json_out, log=say)
     if json_out:
         emit_json(summary)
         return

@@ -8,10 +8,18 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from itkd_cli.cli.common import STATE, JsonOpt, console, emit_json, handle_errors, result, say
+from itkd_cli.cli.common import STATE, ForceOpt, JsonOpt, console, emit_json, handle_errors, owned, result, say
 from itkd_cli.core.errors import ItkdError
 
 DATASETS = ("nuscenes", "waymo")
+RUN_PRODUCTS = ("metrics.json", "results_nusc.json", "metrics_summary.json")  # an evaluation folder holds these
+
+
+def default_out(source: Path, tag: str) -> Path:
+    """Beside the checkpoint, named after it and what it is scored on: ``student.pth`` on synth_val ->
+    ``student_eval_synth_val/``, which never collides with compress's own ``eval_student/`` / ``eval_teacher/``
+    or train's ``eval/epoch_N/``."""
+    return source.parent / f"{source.stem}_eval_{tag}"
 
 
 def _device(name: str):
@@ -44,16 +52,16 @@ def _progress_bar():
 
 
 def _run(checkpoint: Path, data_root: Optional[str], version: Optional[str], split: Optional[str], out: Optional[Path],
-         max_frames: Optional[int], device: str, curves: bool) -> tuple[dict, Path]:
+         max_frames: Optional[int], device: str, curves: bool, force: bool) -> tuple[dict, Path]:
     from itkd_cli.evaluate.run import evaluate_nuscenes, load_model
 
     model, stored = load_model(checkpoint)
     recipe = _with_dataset(stored, data_root, version)
-    out = out or checkpoint.parent / f"eval_{checkpoint.stem}"
-    model.to(_device(device))
     split = split or recipe.dataset.val_split
+    out = out or default_out(checkpoint, split)
+    model.to(_device(device))
     say(f"evaluating {checkpoint} on {Path(recipe.dataset.root) / recipe.dataset.version} split {split!r}")
-    with _progress_bar() as bar:
+    with owned(out, "itkd eval", RUN_PRODUCTS, force=force, can_resume=False), _progress_bar() as bar:
         task = bar.add_task("inference", total=None)
         metrics = evaluate_nuscenes(recipe, model, out, split=split, max_frames=max_frames,
                                     render_curves=curves,
@@ -62,15 +70,17 @@ def _run(checkpoint: Path, data_root: Optional[str], version: Optional[str], spl
 
 
 def _run_waymo(checkpoint: Optional[Path], data_root: Optional[str], out: Optional[Path], max_frames: Optional[int],
-               device: str, predictions: Optional[Path], ground_truth: Optional[Path]) -> tuple[dict, Path, str]:
+               device: str, predictions: Optional[Path], ground_truth: Optional[Path],
+               force: bool) -> tuple[dict, Path, str]:
     from itkd_cli.evaluate import waymo_eval
 
     if predictions is not None or ground_truth is not None:
         if predictions is None or ground_truth is None or checkpoint is not None:
             raise ItkdError("--predictions and --ground-truth go together, without --checkpoint")
-        out = out or predictions.parent / f"eval_{predictions.stem}"
+        out = out or default_out(predictions, "waymo")
         say(f"scoring {predictions} against {ground_truth} (official Waymo config)")
-        return waymo_eval.score_objects(predictions, ground_truth, out), out, predictions.name
+        with owned(out, "itkd eval", RUN_PRODUCTS, force=force, can_resume=False):
+            return waymo_eval.score_objects(predictions, ground_truth, out), out, predictions.name
     if checkpoint is None:
         raise ItkdError("--checkpoint: required (or --predictions with --ground-truth for --dataset waymo)")
     from itkd_cli.evaluate.run import load_model
@@ -78,10 +88,10 @@ def _run_waymo(checkpoint: Optional[Path], data_root: Optional[str], out: Option
     model, recipe = load_model(checkpoint)
     waymo_eval.class_types(recipe.dataset.class_names)  # fail before any inference
     root = data_root or recipe.dataset.root
-    out = out or checkpoint.parent / f"eval_{checkpoint.stem}_waymo"
+    out = out or default_out(checkpoint, "waymo")
     model.to(_device(device))
     say(f"evaluating {checkpoint} on Waymo frames in {root}")
-    with _progress_bar() as bar:
+    with owned(out, "itkd eval", RUN_PRODUCTS, force=force, can_resume=False), _progress_bar() as bar:
         task = bar.add_task("inference", total=None)
         metrics = waymo_eval.evaluate_waymo(recipe, model, root, out, max_frames=max_frames,
                                             progress=lambda done, total: bar.update(task, completed=done, total=total))
@@ -112,7 +122,8 @@ def register(app: typer.Typer) -> None:
                                                 help="Replace the stored dataset.root (waymo: a .tfrecord or a folder)."),
         version: Optional[str] = typer.Option(None, "--version", help="Replace the stored dataset.version."),
         split: Optional[str] = typer.Option(None, "--split", help="Devkit split (default: dataset.val_split)."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: eval_<checkpoint> beside it)."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <checkpoint>_eval_<split> beside it)."),
+        force: bool = ForceOpt,
         max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Evaluate only the first N frames."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         curves: bool = typer.Option(True, "--curves/--no-curves", help="Write the devkit's PR/TP plots."),
@@ -130,14 +141,14 @@ def register(app: typer.Typer) -> None:
         if dataset == "waymo":
             if version is not None or split is not None:
                 raise ItkdError("--version/--split: nuScenes only; for Waymo pass the segments with --data-root")
-            _report_waymo(*_run_waymo(checkpoint, data_root, out, max_frames, device, predictions, ground_truth),
+            _report_waymo(*_run_waymo(checkpoint, data_root, out, max_frames, device, predictions, ground_truth, force),
                           json_out)
             return
         if predictions is not None or ground_truth is not None:
             raise ItkdError("--predictions/--ground-truth: Waymo Objects files, used with --dataset waymo")
         if checkpoint is None:
             raise ItkdError("--checkpoint: required", hint="itkd eval -c RUN/student.pth")
-        metrics, out_dir = _run(checkpoint, data_root, version, split, out, max_frames, device, curves)
+        metrics, out_dir = _run(checkpoint, data_root, version, split, out, max_frames, device, curves, force)
         if json_out:
             emit_json(metrics)
             return

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from itkd_cli.cli.common import JsonOpt, console, emit_json, handle_errors, result as show_result, say
+from itkd_cli.cli.common import ForceOpt, JsonOpt, console, emit_json, handle_errors, result as show_result, say
 from itkd_cli.core.errors import ItkdError
 
 
@@ -45,6 +45,7 @@ def register(app: typer.Typer) -> None:
         version: Optional[str] = typer.Option(None, "--version", help="Dataset version folder (default: the recipe's)."),
         split: Optional[str] = typer.Option(None, "--split", help="Split of the verification frames (default: the recipe's val split)."),
         sets: List[str] = typer.Option([], "--set", help="Override a dataset field, e.g. dataset.cache_dir=DIR (repeatable)."),
+        force: bool = ForceOpt,
         json_out: bool = JsonOpt,
     ) -> None:
         """Export a checkpoint to ONNX and verify it against PyTorch on two real frames.
@@ -53,13 +54,19 @@ def register(app: typer.Typer) -> None:
         (BEV map -> neck -> heads) and the sparse encoder stays outside (see the model card).
         A difference above --atol exits 1 (the .onnx is kept); bad input exits 2.
         """
+        from itkd_cli.core.run_dir import claim_file, locked
+        from itkd_cli.export.onnx_file import require_writable_dir
         from itkd_cli.pipeline.export_run import export_checkpoint
 
         if not onnx:
             raise ItkdError("export: choose a format: --onnx", hint="itkd export --onnx --checkpoint C")
-        result = export_checkpoint(checkpoint, out or checkpoint.parent, opset=opset, atol=atol,
-                                   with_decode=with_decode, data_root=data_root, version=version, split=split,
-                                   overrides=sets, progress=say)
+        out_dir = out or checkpoint.parent
+        claim_file(out_dir / f"{checkpoint.stem}.onnx", force=force)
+        require_writable_dir(out_dir)
+        with locked(out_dir, "itkd export", f".{checkpoint.stem}.onnx.lock"):
+            result = export_checkpoint(checkpoint, out_dir, opset=opset, atol=atol, with_decode=with_decode,
+                                       data_root=data_root, version=version, split=split, overrides=sets,
+                                       progress=say)
         if result.graph == "voxel_dense":
             say("[yellow]note:[/] only the dense part (BEV map -> neck -> heads) is in the ONNX graph; the sparse "
                 "3D encoder needs an spconv/TensorRT plugin or a CUDA-CenterPoint-like runtime; input 'bev' "

@@ -15,7 +15,9 @@ STAGE_LABELS = {"vfe": "vfe", "backbone_3d": "backbone_3d", "map_to_bev_module":
 
 
 def _load(recipe: Optional[str], overrides: list[str], checkpoint: Optional[str]):
-    """Recipe (from --recipe, else stored in --checkpoint) and the model, filled from the checkpoint if given."""
+    """(recipe, model, role): recipe from --recipe, else the one stored in --checkpoint; the model filled from
+    the checkpoint if given; role the checkpoint's stored role (a recipe's own model, or a foreign file, is
+    the teacher)."""
     from itkd_cli.models import build_model
     from itkd_cli.models.checkpoint import load_into, read_ours
     from itkd_cli.recipe import load_recipe
@@ -29,9 +31,11 @@ def _load(recipe: Optional[str], overrides: list[str], checkpoint: Optional[str]
             raise ItkdError("--set: overrides need --recipe (a checkpoint's architecture is fixed)")
         rec = read_ours(checkpoint)[1]
     model = build_model(rec.model)
+    role = "teacher"
     if checkpoint is not None:
-        load_into(model, checkpoint)
-    return rec, model
+        stored = load_into(model, checkpoint).progress.get("role")
+        role = stored if stored in ("teacher", "student") else "teacher"
+    return rec, model, role
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -39,9 +43,13 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 
 def _table(result: dict) -> Table:
-    t, s = result["teacher"], result.get("student")
-    cols = ["stage", "params", "GMACs"] + (["student params", "student GMACs", "params S/T", "MACs S/T"] if s else [])
-    table = Table(*cols, caption="latency: median CPU forward, batch 1", title=f"{result['recipe']} - {t['frame']['points']} points, {t['frame']['voxels']} voxels")
+    t, s, role = result["model"], result.get("student"), result["role"]
+    # a --ratio student of a student checkpoint: its columns must not read as the checkpoint's own
+    derived = "student" if role == "teacher" or not s else f"{result['student_config']['ratio']:g}x student"
+    cols = ["stage", f"{role} params", f"{role} GMACs"] + (
+        [f"{derived} params", f"{derived} GMACs", "params S/T", "MACs S/T"] if s else [])
+    title = f"{result['recipe']} ({role}) - {t['frame']['points']} points, {t['frame']['voxels']} voxels"
+    table = Table(*cols, caption="latency: median CPU forward, batch 1", title=title)
     for stage, label in STAGE_LABELS.items():
         row = [label, f"{t['params'][stage]:,}", f"{t['macs'][stage] / 1e9:.3f}"]
         if s:
@@ -82,10 +90,14 @@ def register(app: typer.Typer) -> None:
         from itkd_cli.models.complexity import build_frame, profile
 
         torch.manual_seed(seed)
-        rec, model = _load(recipe, overrides, checkpoint)
+        rec, model, role = _load(recipe, overrides, checkpoint)
         frame = build_frame(rec.model, points, seed)
-        say(f"profiling teacher on {frame.voxels.shape[0]} voxels ({repeats} timed forwards)")
-        result = {"recipe": recipe or checkpoint, "teacher": profile(model, frame, repeats), "student": None}
+        say(f"profiling {role} on {frame.voxels.shape[0]} voxels ({repeats} timed forwards)")
+        stats = profile(model, frame, repeats)
+        # "model" + "role" name what was profiled whatever it is; "teacher" stays for scripts written before
+        # the role was recorded, and is null for a student rather than mislabelling it.
+        result = {"recipe": recipe or checkpoint, "checkpoint": checkpoint, "role": role, "model": stats,
+                  "teacher": stats if role == "teacher" else None, "student": None}
         if ratio is not None:
             pol = policy or rec.student.policy
             student_cfg = derive_student(rec.model, ratio, pol)

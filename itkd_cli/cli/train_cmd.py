@@ -8,10 +8,15 @@ from typing import Callable, List, Optional
 import numpy as np
 import typer
 
-from itkd_cli.cli.common import STATE, JsonOpt, SetOpt, emit_json, handle_errors, result, say
+from itkd_cli.cli.common import STATE, ForceOpt, JsonOpt, SetOpt, emit_json, handle_errors, owned, result, say
 from itkd_cli.core.errors import ItkdError
+from itkd_cli.core.io import WriteFailed
 from itkd_cli.recipe.load import apply_overrides, load_recipe, validate
 from itkd_cli.recipe.schema import Recipe
+
+
+# What makes a folder hold a training run (a new run there would silently replace or mix with it).
+RUN_PRODUCTS = ("last.pth", "metrics.jsonl", "tb", "eval")
 
 
 @handle_errors
@@ -22,6 +27,7 @@ def train_command(
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from these weights only (fresh optimiser and schedule)."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate on the val split every train.eval_every epochs and at the end."),
     keep_epochs: bool = typer.Option(False, "--keep-epochs", help="Also keep epoch_N.pth after each epoch."),
+    force: bool = ForceOpt,
     overrides: List[str] = SetOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -34,12 +40,19 @@ def train_command(
     rec = _recipe(recipe, resume, overrides)
     from itkd_cli.train.train import train  # after the recipe: a bad one is reported without loading torch
 
-    if out is None:
-        out = (resume if resume.is_dir() else resume.parent) if resume is not None else Path("runs/teacher")
+    resume_dir = (resume if resume.is_dir() else resume.parent) if resume is not None else None
+    out = out or resume_dir or Path("runs/teacher")
+    continues = resume_dir is not None and resume_dir.resolve() == out.resolve()
     say(f"training {recipe or ('the resumed run' if resume else 'synth-pillar')} -> {out}")
     try:
-        last = train(rec, out, resume=resume, init_from=init_from, quiet=STATE["quiet"] or json_out,
-                     eval_fn=eval_hook(rec, out) if evaluate else None, keep_epochs=keep_epochs)
+        with owned(out, "itkd train", RUN_PRODUCTS, resume=continues, force=force):
+            last = train(rec, out, resume=resume, init_from=init_from, quiet=STATE["quiet"] or json_out,
+                         eval_fn=eval_hook(rec, out) if evaluate else None, keep_epochs=keep_epochs,
+                         log=result)  # data warnings are shown under --quiet too
+    except WriteFailed as exc:
+        if (out / "last.pth").is_file():
+            exc.hint = f"free space in {out}, then continue from its last complete checkpoint: itkd train --resume {out}"
+        raise
     except KeyboardInterrupt:
         if (out / "last.pth").is_file():
             say(f"stopped: {out / 'last.pth'} holds the last completed step; continue with "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -12,19 +13,55 @@ from typing import Any, Callable, Iterator
 from itkd_cli.core.errors import ItkdError
 
 
+class WriteFailed(ItkdError):
+    """An output could not be written (disk full, read-only, quota); any previous file there is intact."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        kept = f"the previous {path.name} is intact" if path.is_file() else "nothing was written there"
+        super().__init__(f"{path}: cannot write ({reason}); {kept}", hint="free space or pick a writable folder, "
+                         "then run the same command again")
+        self.path = path
+
+
+# torch.save reports a failed write (ENOSPC inside its zip writer) as a RuntimeError naming these
+_TORCH_WRITE_ERRORS = ("PytorchStreamWriter", "inline_container", "file write failed", "iostream error")
+
+
+def _reason(exc: BaseException, folder: Path) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    try:  # torch's writer does not keep the errno: tell a full disk by what is left on it
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "the file system refused the write"
+    return f"the disk is full: {free / 2**20:.1f} MiB free" if free < 2**26 else "the file system refused the write"
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    """Flush to the device, so a rename never exposes a file whose data is still only in the page cache."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:  # some file systems refuse fsync on folders; the data itself must be on disk
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+    """Yield a temporary path beside ``path``; fsync it and rename it onto ``path`` only if the block succeeds.
 
     Raises:
-        ItkdError: the destination folder cannot be created or written.
+        WriteFailed: the folder cannot be created or written, or the disk filled up (``path`` untouched).
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise ItkdError(f"{path}: cannot write here ({exc.strerror or exc})") from None
+        raise WriteFailed(path, _reason(exc, path.parent)) from None
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates 0600 files; give the result the permissions a plain open() would have
@@ -32,8 +69,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.umask(umask)
     os.chmod(tmp_path, 0o666 & ~umask)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+            _fsync(tmp_path)
+            os.replace(tmp_path, path)
+            _fsync(path.parent, directory=True)
+        except OSError as exc:
+            raise WriteFailed(path, _reason(exc, path.parent)) from None
+        except RuntimeError as exc:
+            if not any(mark in str(exc) for mark in _TORCH_WRITE_ERRORS):
+                raise
+            raise WriteFailed(path, _reason(exc, path.parent)) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

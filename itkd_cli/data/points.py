@@ -30,7 +30,7 @@ def read_pcd_bin(path: str | Path, token: str = "") -> np.ndarray:
         (N, 4) float32 x, y, z, intensity (ring dropped). An empty file gives N = 0.
 
     Raises:
-        ItkdError: the file is missing or its size is not a whole number of records.
+        ItkdError: the file is missing, its size is not a whole number of records, or it holds NaN/Inf.
     """
     path = Path(path)
     where = f"{path} (sample_data {token})" if token else str(path)
@@ -46,6 +46,13 @@ def read_pcd_bin(path: str | Path, token: str = "") -> np.ndarray:
             f"{where}: {len(raw)} bytes is not a multiple of {record} ({PCD_FLOATS} float32 per point); "
             "file truncated or not a nuScenes LiDAR file")
     pts = np.frombuffer(raw, dtype=np.float32).reshape(-1, PCD_FLOATS)
+    # A NaN/Inf value would reach the pillar features and the loss: refuse the file, never train on it.
+    bad = pts.size - int(np.count_nonzero(np.isfinite(pts)))
+    if bad:
+        # `itkd data synth` reuses a folder holding its world: a damaged synthetic file needs a fresh folder.
+        raise ItkdError(f"{where}: {bad} non-finite values (NaN/Inf) in {len(pts)} points; file corrupt",
+                        hint="restore it from the dataset's archive (the synthetic world: write a fresh copy with "
+                             "`itkd data synth --out NEW_DIR` and the same --preset / --seed)")
     return np.ascontiguousarray(pts[:, :4])
 
 
@@ -174,8 +181,16 @@ def load_frame_points(root: str | Path, info: dict, sweeps: int) -> np.ndarray:
     Returns:
         (N, 5) float32 x, y, z, intensity, time_lag (s; 0 for the keyframe). Sweep points within
         ``EGO_RADIUS`` of their sensor in x and y are dropped (ego-vehicle returns).
+
+    Raises:
+        ItkdError: a point file is missing, truncated or holds NaN/Inf, or the keyframe's is empty.
     """
     key = read_pcd_bin(Path(root) / info["lidar_path"], info["lidar_token"])
+    if len(key) == 0:  # an empty sweep is only less context; an empty keyframe is no sample at all
+        raise ItkdError(f"{Path(root) / info['lidar_path']} (sample_data {info['lidar_token']}): keyframe point "
+                        "file holds no points (0 bytes)",
+                        hint="restore it from the dataset's archive (the synthetic world: write a fresh copy with "
+                             "`itkd data synth --out NEW_DIR` and the same --preset / --seed)")
     parts = [np.concatenate([key, np.zeros((len(key), 1), np.float32)], axis=1)]
     for sweep in info["sweeps"][: sweeps - 1]:
         pts = read_pcd_bin(Path(root) / sweep["path"], sweep["token"])

@@ -238,11 +238,14 @@ class LoadReport:
     transposed: list[str]
     added: list[str]
     progress: dict[str, Any]  # epoch / it / step / iter / version, as stored
-    num_params: int
+    num_params: int  # learnable parameters the FILE holds (after conversion), not the target network's
     warnings: list[str]
+    loaded_params: int = 0  # of num_params, those that went into the network (right key and shape)
+    model_params: int = 0  # learnable parameters of the target network; model_params - loaded_params stay at init
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
+        out["init_params"] = self.model_params - self.loaded_params
         out["mismatched"] = [{"key": k, "checkpoint": list(a), "model": list(b)} for k, a, b in self.mismatched]
         return out
 
@@ -312,7 +315,9 @@ def load_teacher(path: str | Path, target: Any = None, strict: bool = True,
         sd = {k: v for k, v in sd.items() if k not in bad}
     report = LoadReport(str(path), raw.format, conv.naming, conv.layout, conv.layout_source, diff.missing,
                         diff.unexpected, diff.mismatched, conv.transposed, conv.added, progress_of(raw),
-                        count_params(conv.state_dict), lines)
+                        count_params(conv.state_dict), lines,
+                        loaded_params=count_params({k: v for k, v in sd.items() if k in expected}),
+                        model_params=count_params(model.state_dict()))
     return sd, report
 
 

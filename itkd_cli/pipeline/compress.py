@@ -15,6 +15,7 @@ from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.io import write_json
 from itkd_cli.data.loader import build_loader
 from itkd_cli.data.targets import assign_targets
+from itkd_cli.data.validate import check_training_classes
 from itkd_cli.distill.baselines import build_kd, kd_lambda, kd_term_weights
 from itkd_cli.distill.label_kd import LabelKD
 from itkd_cli.distill.step import distill_step_fn
@@ -118,6 +119,8 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
         log: status line printer.
     """
     out_dir = Path(out_dir)
+    for warning in check_training_classes(recipe, teacher):  # no teacher class in the data: refused here
+        log(f"warning: {warning}")
     distributed.setup()
     device = distributed.default_device()
     run = build_distillation(recipe, teacher, device)

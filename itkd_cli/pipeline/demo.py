@@ -1,18 +1,22 @@
 """`itkd demo`: synthetic world -> teacher -> itKD student -> official eval -> ONNX, resumable.
 
-Each step writes into its own folder under --out and is skipped when its result is already there,
-so re-running a killed demo loses nothing that finished. Every step prints the stand-alone command
-that does the same, so a user can re-run one step alone.
+Each step writes into its own folder under --out and is skipped when its result is already there AND
+was made from the same inputs (recipe, upstream checkpoint bytes, schedule): re-running a killed demo
+loses nothing that finished, and a changed input reruns the step, saying why, with the old result moved
+aside. Every step prints the stand-alone command that does the same, so a user can re-run one step alone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from itkd_cli.core.io import write_json
+from itkd_cli.core.run_dir import aside_name
 from itkd_cli.data.synth import generate
 from itkd_cli.pipeline.export_run import export_checkpoint
 from itkd_cli.models.checkpoint import read_checkpoint
@@ -24,6 +28,9 @@ from itkd_cli.train.train import train
 Log = Callable[[str], None]
 
 
+KEY = "inputs.json"  # what a step's folder was made from
+
+
 def _finished_epochs(checkpoint: Path) -> int:
     """Epochs completed by the run that wrote ``checkpoint`` (0 when absent)."""
     if not checkpoint.is_file():
@@ -31,14 +38,38 @@ def _finished_epochs(checkpoint: Path) -> int:
     return int(read_checkpoint(checkpoint).meta.get("epoch", 0))
 
 
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def recipe_sha256(recipe: Any) -> str:
+    return hashlib.sha256(json.dumps(recipe.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def keyed_folder(folder: Path, key: dict[str, Any], what: str, log: Log) -> None:
+    """Make ``folder`` hold only work made from ``key``: a folder made from other inputs (or from unknown
+    ones: no record) is moved aside whole, saying which inputs changed; then the key is recorded."""
+    record = folder / KEY
+    if folder.is_dir() and any(folder.iterdir()):
+        stored = json.loads(record.read_text()) if record.is_file() else None
+        if stored == key:
+            return
+        changed = ", ".join(k for k in key if stored is None or stored.get(k) != key[k]) if stored else "no record"
+        aside = aside_name(folder)
+        os.replace(folder, aside)
+        log(f"      the {what} in {folder} was made from other inputs ({changed}): redoing it; "
+            f"the old one is kept in {aside}")
+    write_json(record, key)
+
+
 def _export_once(checkpoint: Path, out_dir: Path, log: Log) -> dict[str, Any]:
-    """Export + verify ``checkpoint`` unless a verified export of it is already in ``out_dir``."""
+    """Export + verify ``checkpoint`` unless a verified export of these very bytes is already in ``out_dir``."""
+    keyed_folder(out_dir, {"checkpoint_sha256": file_sha256(checkpoint)}, "export", log)
     record = out_dir / "export.json"
-    if record.is_file():
+    if record.is_file() and Path(json.loads(record.read_text())["onnx"]).is_file():
         data = json.loads(record.read_text())
-        if data.get("checkpoint") == str(checkpoint) and Path(data["onnx"]).is_file():
-            log(f"      reusing the verified export {data['onnx']}")
-            return data
+        log(f"      reusing the verified export {data['onnx']}")
+        return data
     data = export_checkpoint(checkpoint, out_dir, progress=log).to_dict()
     write_json(record, data)
     return data
@@ -95,6 +126,7 @@ def run_demo(out: Path, *, recipe_name: str = "synth-pillar", compress_recipe_na
     recipe = load_recipe(recipe_name, sets)
     set_str = " ".join(f"--set {s}" for s in sets)
     teacher = teacher_dir / "last.pth"
+    keyed_folder(teacher_dir, {"recipe_sha256": recipe_sha256(recipe)}, "teacher", log)
     resume = f" --resume {teacher_dir}" if teacher.is_file() else ""
     log(f"[2/4] teacher           $ itkd train --recipe {recipe_name} {set_str} --out {teacher_dir}{resume}")
     t1 = time.perf_counter()
@@ -109,6 +141,9 @@ def run_demo(out: Path, *, recipe_name: str = "synth-pillar", compress_recipe_na
     s_sets += [f"train.epochs={student_epochs}"] if student_epochs is not None else []
     s_set_str = "".join(f" --set {s}" for s in s_sets)
     ratio_flag = f" --ratio {ratio}" if ratio is not None else ""
+    c_recipe = compress_recipe(teacher, compress_recipe_name, s_sets, ratio, None, None)
+    keyed_folder(student_dir, {"recipe_sha256": recipe_sha256(c_recipe), "teacher_sha256": file_sha256(teacher)},
+                 "student", log)
     interrupted = (student_dir / "train" / "last.pth").is_file()
     log(f"[3/4] itKD student      $ itkd compress --recipe {compress_recipe_name} --teacher {teacher}{ratio_flag}"
         f"{s_set_str} --out {student_dir}{' --resume' if interrupted else ''}")
@@ -118,7 +153,6 @@ def run_demo(out: Path, *, recipe_name: str = "synth-pillar", compress_recipe_na
         log(f"      reusing the finished student {student_dir / 'student.pth'}")
         report = json.loads(report_path.read_text())
     else:
-        c_recipe = compress_recipe(teacher, compress_recipe_name, s_sets, ratio, None, None)
         report = compress(c_recipe, teacher, student_dir, resume=interrupted, quiet=quiet,
                           max_eval_frames=max_eval_frames, log=log).report
     timings["student_s"] = time.perf_counter() - t2

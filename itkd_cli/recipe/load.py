@@ -33,6 +33,13 @@ def builtin_names() -> list[str]:
     return sorted(p.stem for p in builtin_dir().glob("*.yaml"))
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name too long for the file system: no such recipe either
+        return False
+
+
 def resolve_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
     """Turn a recipe name (``synth-pillar``) or path into an existing file path."""
     raw = str(name_or_path)
@@ -41,10 +48,12 @@ def resolve_path(name_or_path: str | Path, relative_to: Path | None = None) -> P
         candidates.append(relative_to / raw)
     candidates += [Path(raw), builtin_dir() / raw, builtin_dir() / f"{raw}.yaml"]
     for cand in candidates:
-        if cand.is_file():
+        if _is_file(cand):
             return cand.resolve()
     names = ", ".join(builtin_names()) or "none"
-    raise RecipeError([f"{raw}: no such recipe file or built-in recipe (built-in: {names})"])
+    # a name with control characters or thousands of them must still print as one readable line
+    shown = raw if raw.isprintable() and len(raw) <= 200 else repr(raw[:200]) + ("..." if len(raw) > 200 else "")
+    raise RecipeError([f"{shown}: no such recipe file or built-in recipe (built-in: {names})"])
 
 
 def deep_merge(base: dict, top: dict) -> dict:
@@ -58,20 +67,45 @@ def deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
+class BadYaml(ValueError):
+    """Text that is not YAML we can read: ``problem``, at 1-based ``line`` when known."""
+
+    def __init__(self, problem: str, line: int | None = None) -> None:
+        super().__init__(problem)
+        self.problem, self.line = problem, line
+
+
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` whose every failure is a BadYaml.
+
+    PyYAML's constructors raise plain ValueError / KeyError / AttributeError on a bad explicit tag or
+    date (``!!int x``, ``!!bool maybe``, ``2001-13-45``) and RecursionError on deep nesting, not YAMLError.
+    """
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc).splitlines()[0]
+        raise BadYaml(problem, mark.line + 1 if mark else None) from None
+    except RecursionError:
+        raise BadYaml("nested too deeply") from None
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise BadYaml(f"a value cannot be read ({type(exc).__name__}: {detail})") from None
+
+
 def read_yaml(path: Path) -> dict:
     """Parse one YAML mapping, with file-named errors."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise RecipeError([f"{path}: cannot read ({exc.strerror})"]) from None
     except UnicodeDecodeError as exc:
         bad = exc.object[exc.start:exc.start + 1]
         raise RecipeError([f"{path}: not a UTF-8 text file (byte {exc.start}: {bad!r})"]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}:" if mark else ""
-        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc).splitlines()[0]
-        raise RecipeError([f"{path}:{where} invalid YAML: {problem}"]) from None
+    except BadYaml as exc:
+        where = f" line {exc.line}:" if exc.line else ""
+        raise RecipeError([f"{path}:{where} invalid YAML: {exc.problem}"]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -108,9 +142,10 @@ def apply_overrides(data: dict, overrides: Iterable[str], source: str = "--set")
         if not sep or not key.strip():
             raise RecipeError([f"{source}: {item!r}: expected key.path=value"])
         try:
-            parsed = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            raise RecipeError([f"{source}: {key}: value {value!r} is not valid YAML"]) from None
+            parsed = parse_yaml(value) if value.strip() else None
+        except BadYaml as exc:
+            shown = value if len(value) <= 80 else value[:80] + "..."
+            raise RecipeError([f"{source}: {key}: value {shown!r} is not valid YAML: {exc.problem}"]) from None
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -141,6 +176,10 @@ def validate(data: dict, source: str, overrides: Iterable[str] = ()) -> Recipe:
             msg = err["msg"].removeprefix("Value error, ")
             problems.append(f"{_blame(loc, written, source)}: {loc}: {msg}")
         raise RecipeError(problems) from None
+    except (ArithmeticError, RecursionError) as exc:
+        # a validator's arithmetic on an extreme number (a 1e308 m point_range has an infinite extent)
+        who = " ".join([source, "with", *[f"--set {item}" for item in written.values()]]) if written else source
+        raise RecipeError([f"{who}: a number is out of range ({exc})"]) from None
 
 
 def _blame(loc: str, written: dict[str, str], source: str) -> str:

@@ -11,9 +11,18 @@ from rich.progress import (
     BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
 )
 
-from itkd_cli.core.io import write_text
+from itkd_cli.core.io import WriteFailed, write_text
 
 METRICS = "metrics.jsonl"
+
+
+def _step_of(line: str, unreadable: int) -> int:
+    """The step of a metrics.jsonl line; ``unreadable`` for a blank or cut line (a write killed half-way)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return unreadable
+    return record.get("step", 0) if isinstance(record, dict) else unreadable
 
 
 class MetricsLogger:
@@ -31,8 +40,7 @@ class MetricsLogger:
         self._writer: Any = None
         self._file: Any = None
         if resume_step is not None and self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [line for line in self.path.read_text().splitlines() if _step_of(line, resume_step + 1) <= resume_step]
             write_text(self.path, "".join(f"{line}\n" for line in kept))
         elif resume_step is None and self.path.is_file():
             self.path.unlink()  # a fresh run in an old folder starts a fresh log
@@ -51,8 +59,11 @@ class MetricsLogger:
             self._writer.close()
 
     def _write(self, record: dict) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as exc:  # disk full / quota: the checkpoints, not this log, decide what is kept
+            raise WriteFailed(self.path, exc.strerror or str(exc)) from None
 
     def log_step(self, step: int, epoch: int, lr: float, logs: dict[str, float], sec_per_step: float) -> None:
         """Record training scalars at an optimiser step."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -49,7 +50,7 @@ def resolve_resume(resume: Path) -> Path:
 
 def train(recipe: Recipe, out_dir: Path, resume: Optional[Path] = None, init_from: Optional[Path] = None,
           quiet: bool = False, eval_fn: Optional[EvalFn] = None, device: Optional[torch.device] = None,
-          keep_epochs: bool = False) -> Path:
+          keep_epochs: bool = False, log: Optional[Callable[[str], None]] = None) -> Path:
     """Train the recipe's detector as a teacher; checkpoints go to ``out_dir/last.pth``.
 
     Args:
@@ -61,6 +62,7 @@ def train(recipe: Recipe, out_dir: Path, resume: Optional[Path] = None, init_fro
         eval_fn: eval_fn(checkpoint, epoch) -> metrics, every train.eval_every epochs and at the end.
         device: default CUDA when available (cuda:LOCAL_RANK under torchrun).
         keep_epochs: also keep epoch_N.pth after each completed epoch.
+        log: printer of warnings about the data (default: stderr, which stays free of --json output).
 
     Under torchrun each process trains on its share of every epoch (``train.distributed``); rank 0
     writes the checkpoints, logs and evaluations.
@@ -69,10 +71,12 @@ def train(recipe: Recipe, out_dir: Path, resume: Optional[Path] = None, init_fro
         Path of the last checkpoint.
 
     Raises:
-        ItkdError: both resume and init_from, unwritable output, missing data, mismatched checkpoint.
+        ItkdError: both resume and init_from, unwritable output, missing data, none of the recipe's classes
+            in the training split, mismatched checkpoint.
         JobFailed: non-finite loss.
     """
     from itkd_cli.data.loader import build_loader
+    from itkd_cli.data.validate import check_training_classes
     from itkd_cli.models.build import build_model
     from itkd_cli.models.checkpoint import load_into
 
@@ -81,9 +85,13 @@ def train(recipe: Recipe, out_dir: Path, resume: Optional[Path] = None, init_fro
     out_dir = Path(out_dir)
     check_writable(out_dir)
     check_dataset(recipe)
+    warnings = check_training_classes(recipe)  # before any model or loader: zero boxes must not train silently
     resume_ckpt = resolve_resume(resume) if resume is not None else None
     distributed.setup()
     device = device or distributed.default_device()
+    if distributed.is_main():
+        for warning in warnings:
+            (log or _stderr)(f"warning: {warning}")
     seed_everything(recipe.train.seed)  # model init is part of the run's reproducibility
     model = build_model(recipe.model).to(device)
     if init_from is not None:
@@ -97,6 +105,10 @@ def train(recipe: Recipe, out_dir: Path, resume: Optional[Path] = None, init_fro
                             recipe.model_dump(mode="json"), "teacher", resume=resume_ckpt, eval_fn=eval_fn,
                             quiet=quiet, device=device, keep_epochs=keep_epochs)
     return result.last
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def detector_step(model: torch.nn.Module, recipe: Recipe) -> Any:

@@ -60,3 +60,25 @@ def test_demo_rerun_reuses_finished_steps(demo_run) -> None:
     assert "reusing the finished teacher" in again.output
     assert "reusing the finished student" in again.output
     assert (out / "student" / "student.pth").stat().st_mtime_ns == before
+
+
+def test_demo_rerun_with_another_schedule_redoes_the_steps_it_changes(demo_run) -> None:
+    """Reuse is keyed on inputs: a new teacher schedule retrains the teacher (the old one moved aside, not
+    resumed against the wrong schedule), and so redoes the student and both exports made from the old one."""
+    out, _, runner, args = demo_run
+    from itkd_cli.cli.main import app
+
+    old_teacher = (out / "teacher" / "last.pth").read_bytes()
+    changed = [a if a != "1" or args[i - 1] != "--teacher-epochs" else "2" for i, a in enumerate(args)]
+    again = runner.invoke(app, changed, catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    text = " ".join(again.output.split())  # rich wraps long lines
+    assert "the teacher in" in text and "made from other inputs (recipe_sha256)" in text
+    assert "the student in" in text and "teacher_sha256)" in text
+    assert "reusing the finished" not in text
+    asides = sorted(p.name for p in out.iterdir() if ".replaced-" in p.name)
+    assert [n.split(".replaced-")[0] for n in asides] == ["export", "export_teacher", "student", "teacher"]
+    aside_teacher = next(out.glob("teacher.replaced-*")) / "last.pth"
+    assert aside_teacher.read_bytes() == old_teacher  # nothing lost
+    summary = json.loads((out / "demo.json").read_text())
+    assert torch.load(summary["paths"]["teacher"], weights_only=True)["epoch"] == 2

@@ -123,14 +123,14 @@ def test_truncated_point_file(world):
         ds[0]
 
 
-def test_empty_point_cloud_passes_through(world):
-    for name in ("f0_key", "f0_sweep"):
-        folder = "samples" if name.endswith("key") else "sweeps"
-        (world / folder / "LIDAR_TOP" / f"{name}.pcd.bin").write_bytes(b"")
+def test_empty_sweep_passes_through(world):
+    """An empty sweep only gives less context (an empty keyframe is an error: test_data_validate.py)."""
     ds = NuScenesDataset(tiny_recipe(world), "tiny_val", train=True)
+    keyframe_only = int((ds.points(0)[:, 4] == 0).sum())
+    (world / "sweeps" / "LIDAR_TOP" / "f0_sweep.pcd.bin").write_bytes(b"")
+    assert len(ds.points(0)) == keyframe_only
     sample = ds[0]
-    assert sample.voxels.shape == (0, 20, 5) and sample.coords.shape == (0, 3)
-    assert len(sample.gt_boxes) == 2  # boxes still give targets
+    assert len(sample.voxels) > 0 and len(sample.gt_boxes) == 2
 
 
 def test_every_object_kind_is_counted(world):

@@ -1,21 +1,21 @@
 """`generate()`: the synthetic world written as a nuScenes dataset, atomically, reusable.
 
 The dataset is built in a hidden folder beside `out` and renamed onto it at the end, so a killed run
-never leaves a half-written dataset. A marker file records the arguments: the same call again
-finds the finished folder and reuses it.
+never leaves a half-written dataset; the next run removes the staging folder a SIGKILL left behind
+(staging.py). A marker file records the arguments: the same call again finds the finished folder and
+reuses it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 from itkd_cli.core.errors import ItkdError
+from itkd_cli.data.synth import staging
 from itkd_cli.data.synth.lidar import Lidar
 from itkd_cli.data.synth.presets import Preset, get_preset
 from itkd_cli.data.synth.scene import SceneRenderer, sweep_times
@@ -127,30 +127,34 @@ def generate(out: str | Path, scenes: Optional[int] = None, frames: Optional[int
         progress: Optional callable(sweeps_done, sweeps_total).
 
     Returns:
-        Summary dict: out, version, counts, points per keyframe, split sizes, seconds, reused.
+        Summary dict: out, version, counts, points per keyframe, split sizes, seconds, reused, the staging
+        folders of killed runs it removed (cleared_staging) and staging-like ones it left alone (unknown_staging).
 
     Raises:
-        ItkdError: bad arguments, or `out` is taken by something else.
+        ItkdError: bad arguments, `out` is taken by something else, or writing failed (nothing is kept).
     """
     p, args = _resolve(preset, scenes, frames, seed)
     out = Path(out)
     stored = _existing(out, args)
+    # before the reuse shortcut too: a killed run's staging folder goes whatever this run does
+    cleared, unknown = staging.clear_leftovers(out)
+    extra = {"cleared_staging": cleared, "unknown_staging": unknown}
     if stored is not None:
-        return {**stored, "out": str(out), "seconds": 0.0, "reused": True}
+        return {**stored, "out": str(out), "seconds": 0.0, "reused": True, **extra}
     start = time.perf_counter()
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.synth-", dir=out.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset gets normal permissions
+        tmp = staging.make(out, args)
     except OSError as exc:
         raise ItkdError(f"{out}: cannot write here ({exc.strerror or exc})") from None
     try:
         summary = _render_all(tmp, p, args, progress)
         (tmp / MARKER).write_text(json.dumps({"args": args, "summary": summary}, indent=2) + "\n")
-        os.replace(tmp, out)  # onto an absent or empty folder: atomic
+        staging.finish(tmp, out)
+    except OSError as exc:  # disk full, quota, or `out` filled by someone else meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ItkdError(f"{out}: writing the dataset failed ({exc.strerror or exc}); nothing was kept",
+                        hint="free space or choose another --out, then run `itkd data synth` again") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {**summary, "out": str(out), "seconds": round(time.perf_counter() - start, 2), "reused": False}
+    return {**summary, "out": str(out), "seconds": round(time.perf_counter() - start, 2), "reused": False, **extra}
