@@ -30,6 +30,7 @@ from itkd_cli.recipe.load import apply_flags, compress_flags
 from itkd_cli.recipe.schema import ModelConfig, Recipe
 from itkd_cli.train import distributed
 from itkd_cli.train.loop import fit
+from itkd_cli.train.state import seed_everything
 
 STUDENT = "student.pth"
 
@@ -123,6 +124,7 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
         log(f"warning: {warning}")
     distributed.setup()
     device = distributed.default_device()
+    seed_everything(recipe.train.seed)  # the KD modules' random init is part of the run's reproducibility
     run = build_distillation(recipe, teacher, device)
     log(f"teacher {teacher} ({run.load_report.format}, spconv layout {run.load_report.layout or 'n/a'}) "
         f"-> {recipe.distill.method} student, ratio {recipe.student.ratio}, policy {recipe.student.policy}, "
