@@ -7,7 +7,7 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Mapping, Sequence, TypeVar
 
 import typer
 from rich.console import Console
@@ -23,6 +23,19 @@ STATE = {"quiet": False, "rank": 0, "emitted": False}  # rank: this process unde
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
 SetOpt = typer.Option([], "--set", help="Override a recipe field: key.path=value (repeatable).")
 ForceOpt = typer.Option(False, "--force", help="Replace what --out already holds (an old run folder is moved aside, never mixed).")
+
+# Version of every --json object (error objects too): a CI job can tell a format it was not written for.
+# Raise it when a field is removed or changes meaning; a new field keeps it.
+SCHEMA_VERSION = 1
+
+
+def gate_option(name: str, recipe: bool = True) -> Any:
+    """The Typer option of one quality gate (``min_map`` -> ``--min-map``), its help the recipe field's."""
+    from itkd_cli.recipe.schema import GatesConfig
+
+    extra = " Overrides the recipe's gates." if recipe else ""
+    return typer.Option(None, "--" + name.replace("_", "-"), show_default=False,
+                        help=GatesConfig.model_fields[name].description + extra)
 
 
 def owned(folder: Path, command: str, products: Sequence[str], *, resume: bool = False, force: bool = False,
@@ -47,9 +60,11 @@ def result(message: Any) -> None:
         console.print(message)
 
 
-def emit_json(data: Any) -> None:
-    """Write machine-readable output on stdout."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+def emit_json(data: Mapping[str, Any]) -> None:
+    """Write machine-readable output on stdout: one object, ``schema_version`` first."""
+    if not isinstance(data, Mapping):
+        raise TypeError(f"--json output must be an object, got {type(data).__name__}")
+    sys.stdout.write(json.dumps({"schema_version": SCHEMA_VERSION, **data}, indent=2, default=str) + "\n")
     sys.stdout.flush()
     STATE["emitted"] = True
 

@@ -8,8 +8,12 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from itkd_cli.cli.common import STATE, ForceOpt, JsonOpt, console, emit_json, handle_errors, owned, result, say
+from itkd_cli.cli.common import (
+    STATE, ForceOpt, JsonOpt, console, emit_json, gate_option, handle_errors, owned, result, say,
+)
 from itkd_cli.core.errors import ItkdError
+from itkd_cli.pipeline import gates as gating
+from itkd_cli.recipe.schema import GatesConfig
 
 DATASETS = ("nuscenes", "waymo")
 RUN_PRODUCTS = ("metrics.json", "results_nusc.json", "metrics_summary.json")  # an evaluation folder holds these
@@ -51,8 +55,12 @@ def _progress_bar():
     return Progress(*columns, console=console, disable=STATE["quiet"], transient=True)
 
 
+def _params(model) -> int:  # noqa: ANN001 - a torch module
+    return sum(p.numel() for p in model.parameters())
+
+
 def _run(checkpoint: Path, data_root: Optional[str], version: Optional[str], split: Optional[str], out: Optional[Path],
-         max_frames: Optional[int], device: str, curves: bool, force: bool) -> tuple[dict, Path]:
+         max_frames: Optional[int], device: str, curves: bool, force: bool) -> tuple[dict, Path, int]:
     from itkd_cli.evaluate.run import evaluate_nuscenes, load_model
 
     model, stored = load_model(checkpoint)
@@ -66,12 +74,12 @@ def _run(checkpoint: Path, data_root: Optional[str], version: Optional[str], spl
         metrics = evaluate_nuscenes(recipe, model, out, split=split, max_frames=max_frames,
                                     render_curves=curves,
                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
-    return metrics, out
+    return metrics, out, _params(model)
 
 
 def _run_waymo(checkpoint: Optional[Path], data_root: Optional[str], out: Optional[Path], max_frames: Optional[int],
                device: str, predictions: Optional[Path], ground_truth: Optional[Path],
-               force: bool) -> tuple[dict, Path, str]:
+               force: bool) -> tuple[dict, Path, str, Optional[int]]:
     from itkd_cli.evaluate import waymo_eval
 
     if predictions is not None or ground_truth is not None:
@@ -80,7 +88,7 @@ def _run_waymo(checkpoint: Optional[Path], data_root: Optional[str], out: Option
         out = out or default_out(predictions, "waymo")
         say(f"scoring {predictions} against {ground_truth} (official Waymo config)")
         with owned(out, "itkd eval", RUN_PRODUCTS, force=force, can_resume=False):
-            return waymo_eval.score_objects(predictions, ground_truth, out), out, predictions.name
+            return waymo_eval.score_objects(predictions, ground_truth, out), out, predictions.name, None
     if checkpoint is None:
         raise ItkdError("--checkpoint: required (or --predictions with --ground-truth for --dataset waymo)")
     from itkd_cli.evaluate.run import load_model
@@ -95,7 +103,14 @@ def _run_waymo(checkpoint: Optional[Path], data_root: Optional[str], out: Option
         task = bar.add_task("inference", total=None)
         metrics = waymo_eval.evaluate_waymo(recipe, model, root, out, max_frames=max_frames,
                                             progress=lambda done, total: bar.update(task, completed=done, total=total))
-    return metrics, out, checkpoint.name
+    return metrics, out, checkpoint.name, _params(model)
+
+
+def _gated(metrics: dict, out_dir: Path, gates: GatesConfig, params: Optional[int]) -> list[gating.GateResult]:
+    """Judge the gates on the evaluation and record them in its metrics.json (and so in the --json result)."""
+    checked = gating.evaluate(gates, gating.eval_values(metrics, params))
+    gating.record(out_dir / "metrics.json", metrics, checked)
+    return checked
 
 
 def _report_waymo(metrics: dict, out_dir: Path, name: str, json_out: bool) -> None:
@@ -131,26 +146,46 @@ def register(app: typer.Typer) -> None:
                                                    help="waymo: score this Objects .bin instead of a checkpoint."),
         ground_truth: Optional[Path] = typer.Option(None, "--ground-truth",
                                                     help="waymo: the Objects .bin to score against."),
+        min_map: Optional[float] = gate_option("min_map", recipe=False),
+        min_nds: Optional[float] = gate_option("min_nds", recipe=False),
+        min_maph: Optional[float] = gate_option("min_maph", recipe=False),
+        max_drop: Optional[float] = gate_option("max_drop", recipe=False),
+        min_speedup: Optional[float] = gate_option("min_speedup", recipe=False),
+        max_params: Optional[int] = gate_option("max_params", recipe=False),
         json_out: bool = JsonOpt,
     ) -> None:
-        """Score a checkpoint with the official nuScenes (mAP, NDS, per-class AP) or Waymo (mAP/mAPH L1/L2) metrics."""
+        """Score a checkpoint with the official nuScenes (mAP, NDS, per-class AP) or Waymo (mAP/mAPH L1/L2) metrics.
+
+        A failed gate (--min-map ...) exits 1 once metrics.json is written; it lists the gates.
+        """
         from itkd_cli.evaluate.nuscenes_eval import metrics_table
 
         if dataset not in DATASETS:
             raise ItkdError(f"--dataset {dataset}: expected one of {', '.join(DATASETS)}")
+        # only the flags gate an evaluation: a checkpoint's stored gates were its compress job's
+        gates = gating.from_flags(min_map=min_map, min_nds=min_nds, min_maph=min_maph, max_drop=max_drop,
+                                  min_speedup=min_speedup, max_params=max_params)
+        gating.check_applicable(gates, "eval", dataset, has_model=predictions is None)
         if dataset == "waymo":
             if version is not None or split is not None:
                 raise ItkdError("--version/--split: nuScenes only; for Waymo pass the segments with --data-root")
-            _report_waymo(*_run_waymo(checkpoint, data_root, out, max_frames, device, predictions, ground_truth, force),
-                          json_out)
+            metrics, out_dir, name, params = _run_waymo(checkpoint, data_root, out, max_frames, device, predictions,
+                                                        ground_truth, force)
+            checked = _gated(metrics, out_dir, gates, params)
+            _report_waymo(metrics, out_dir, name, json_out)
+            if checked and not json_out:
+                result(gating.summary(checked))
+            gating.raise_if_failed(checked, out_dir / "metrics.json")
             return
         if predictions is not None or ground_truth is not None:
             raise ItkdError("--predictions/--ground-truth: Waymo Objects files, used with --dataset waymo")
         if checkpoint is None:
             raise ItkdError("--checkpoint: required", hint="itkd eval -c RUN/student.pth")
-        metrics, out_dir = _run(checkpoint, data_root, version, split, out, max_frames, device, curves, force)
+        metrics, out_dir, params = _run(checkpoint, data_root, version, split, out, max_frames, device, curves, force)
+        checked = _gated(metrics, out_dir, gates, params)
         if json_out:
             emit_json(metrics)
+            gating.raise_if_failed(checked, out_dir / "metrics.json")
             return
         console.print(metrics_table(metrics, title=f"{checkpoint.name}: {metrics['split']} ({metrics['frames']} frames)"))
         if metrics.get("empty_submission"):
@@ -158,3 +193,6 @@ def register(app: typer.Typer) -> None:
         if metrics["subset"]:
             result(f"[yellow]--max-frames: metrics cover {metrics['frames']} frames, not the whole split[/]")
         result(f"wrote {out_dir / 'metrics.json'} (devkit summary and plots in {out_dir})")
+        if checked:
+            result(gating.summary(checked))
+        gating.raise_if_failed(checked, out_dir / "metrics.json")

@@ -31,6 +31,7 @@ COMMAND_MODULES: list[tuple[str, Optional[str]]] = [
     ("itkd_cli.cli.compress_cmd", None),
     ("itkd_cli.cli.eval_cmd", None),
     ("itkd_cli.cli.export_cmd", None),
+    ("itkd_cli.cli.report_cmd", None),
     ("itkd_cli.cli.train_cmd", None),
     ("itkd_cli.cli.info_cmd", None),
     ("itkd_cli.cli.data_cmd", "data"),

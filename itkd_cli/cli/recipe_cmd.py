@@ -27,7 +27,7 @@ def ls(json_out: bool = JsonOpt) -> None:
         raw = load_raw(builtin_dir() / f"{name}.yaml")
         rows.append({"name": name, "description": raw.get("description", "")})
     if json_out:
-        emit_json(rows)
+        emit_json({"recipes": rows})
         return
     table = Table("recipe", "description", title=f"built-in recipes ({builtin_dir()})")
     for row in rows:
@@ -43,7 +43,7 @@ def show(name: str = typer.Argument(..., help="Recipe name or path."), overrides
     path = resolve_path(name)
     recipe = validate(apply_overrides(load_raw(path), overrides), str(path), overrides)
     if json_out:
-        emit_json(recipe.model_dump(mode="json"))
+        emit_json({"source": str(path), "recipe": recipe.model_dump(mode="json")})
     else:
         typer.echo(dump_yaml(recipe), nl=False)
 
@@ -84,7 +84,7 @@ def validate_cmd(paths: List[str] = typer.Argument(..., help="Recipe files or na
             problems += exc.problems
             results.append({"recipe": item, "ok": False, "problems": exc.problems})
     if json_out:
-        emit_json(results)
+        emit_json({"ok": not problems, "results": results})
     else:
         for res in results:
             if res["ok"]:

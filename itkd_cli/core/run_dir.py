@@ -44,6 +44,14 @@ def _owner(lock: Path) -> Optional[dict]:
     return owner
 
 
+def _refuse_if_in_use(folder: Path, name: str = LOCK) -> None:
+    owner = _owner(folder / name)
+    if owner is not None and owner.get("pid") != os.getpid():
+        raise ItkdError(f"{folder}: in use by a running `{owner.get('command', 'itkd')}` "
+                        f"(pid {owner['pid']} on {owner.get('host')}, since {owner.get('started')})",
+                        hint="wait for it to finish, or pass another --out")
+
+
 def _take_lock(folder: Path, command: str, name: str = LOCK) -> Path:
     """Create ``folder/name`` exclusively (O_EXCL: of two racing processes exactly one wins)."""
     lock = folder / name
@@ -53,11 +61,7 @@ def _take_lock(folder: Path, command: str, name: str = LOCK) -> Path:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            owner = _owner(lock)
-            if owner is not None and owner.get("pid") != os.getpid():
-                raise ItkdError(f"{folder}: in use by a running `{owner.get('command', 'itkd')}` "
-                                f"(pid {owner['pid']} on {owner.get('host')}, since {owner.get('started')})",
-                                hint="wait for it to finish, or pass another --out") from None
+            _refuse_if_in_use(folder, name)
             lock.unlink(missing_ok=True)  # stale: its owner is gone
             continue
         except OSError as exc:
@@ -114,16 +118,13 @@ def claim(folder: Path, command: str, products: Sequence[str], *, resume: bool =
         raise ItkdError(f"{option} {folder}: is a file, not a folder", hint=f"pass a folder to {option}")
     if resume and force:
         raise ItkdError("--resume and --force: pick one (resume continues the run, force replaces it)")
+    _refuse_if_in_use(folder)  # a live owner is the first thing to say: neither resume nor force may touch it
     found = products_in(folder, products)
     if found and not resume:
         if not force:
             keep = "continue it with --resume, " if can_resume else ""
             raise ItkdError(f"{option} {folder}: already holds a run ({', '.join(found)}); nothing was changed",
                             hint=f"{keep}replace it with --force (the old run is moved aside), or pass another {option}")
-        lock_owner = _owner(folder / LOCK)
-        if lock_owner is not None:  # never move a folder another process is writing into
-            raise ItkdError(f"{folder}: in use by a running `{lock_owner.get('command', 'itkd')}` "
-                            f"(pid {lock_owner['pid']})", hint="wait for it to finish, or pass another --out")
         aside = aside_name(folder)
         os.replace(folder, aside)
         if say is not None:

@@ -1,5 +1,5 @@
 """`load_for_export` (checkpoint -> model, recipe) and `export_onnx` (model + real frames -> .onnx (+ metadata)
--> parity -> model card). The frames come from the caller (``itkd_cli.pipeline.export_run``): export reads no data."""
+-> parity -> model card + ``<stem>.export.json``, the verification figures). The frames come from the caller (``itkd_cli.pipeline.export_run``): export reads no data."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from itkd_cli.core.errors import ItkdError
-from itkd_cli.core.io import write_text
+from itkd_cli.core.io import write_json, write_text
 from itkd_cli.export.card import Latency, measure_latency, model_card
 from itkd_cli.export.metadata import DECODE_NOTE, SPARSE_NOTE, build_metadata
 from itkd_cli.export.onnx_file import require_writable_dir, write_onnx
@@ -165,4 +165,6 @@ def export_onnx(checkpoint: str | Path, model: CenterPoint, recipe: Recipe, role
             "outputs": names, "inputs": list(inputs)}
     card = write_text(out_dir / f"{checkpoint.stem}.model_card.md",
                       model_card(info, reports, latency, meta, deployment))
-    return ExportResult(path, card, meta["itkd.graph"], reports, latency, deployment, info)
+    result = ExportResult(path, card, meta["itkd.graph"], reports, latency, deployment, info)
+    write_json(out_dir / f"{checkpoint.stem}.export.json", result.to_dict())  # the figures, for `itkd report`
+    return result

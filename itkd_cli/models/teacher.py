@@ -30,6 +30,7 @@ def teacher_recipe(teacher_path: Path, recipe: Optional[str], overrides: Iterabl
                             hint="pass --recipe NAME|PATH describing the teacher (see `itkd recipe ls`)")
         data = stored.model_dump(mode="json")
         data["train"]["max_steps"] = None  # a smoke-run cap of the teacher's training is not the student's
+        data.pop("gates", None)  # nor are the gates of the job that made it (a student compressed again)
         return validate(apply_overrides(data, overrides), f"{teacher_path}: recipe", overrides)
     path = resolve_path(recipe)
     chosen = validate(apply_overrides(load_raw(path), overrides), str(path), overrides)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Optional
@@ -24,10 +25,12 @@ from itkd_cli.evaluate.run import evaluate_nuscenes
 from itkd_cli.models.checkpoint import LoadReport, save_checkpoint
 from itkd_cli.models.student import build_student
 from itkd_cli.models.teacher import load_teacher_model, teacher_recipe
+from itkd_cli.pipeline import gates as gating
 from itkd_cli.pipeline.profile import first_val_frame, profile_on_frame
-from itkd_cli.pipeline.report import kd_pulls, plot_curves, pull_notes, read_metrics_log, teacher_notes, write_report
+from itkd_cli.pipeline.report import kd_pulls, plot_curves, pull_notes, read_metrics_log, teacher_notes
+from itkd_cli.pipeline.report_page import write_report
 from itkd_cli.recipe.load import apply_flags, compress_flags
-from itkd_cli.recipe.schema import ModelConfig, Recipe
+from itkd_cli.recipe.schema import GatesConfig, ModelConfig, Recipe
 from itkd_cli.train import distributed
 from itkd_cli.train.loop import fit
 from itkd_cli.train.state import seed_everything
@@ -43,6 +46,7 @@ class CompressResult(NamedTuple):
     report_md: Path
     curves: Optional[Path]
     report: dict[str, Any]
+    gates: tuple[gating.GateResult, ...] = ()  # checked after everything is written
 
 
 class Distillation(NamedTuple):
@@ -57,10 +61,14 @@ class Distillation(NamedTuple):
 
 
 def compress_recipe(teacher: Path, recipe: Optional[str], overrides: Iterable[str], ratio: Optional[float],
-                    policy: Optional[str], method: Optional[str]) -> Recipe:
-    """The run's recipe with the CLI's --ratio/--policy/--method folded in (validated like any field)."""
+                    policy: Optional[str], method: Optional[str], gates: Optional[GatesConfig] = None) -> Recipe:
+    """The run's recipe with the CLI's --ratio/--policy/--method folded in (validated like any field) and its
+    gate flags replacing the recipe's ``gates`` (so the recipe stored in the report is the one that ran)."""
     flags = compress_flags(ratio, policy, method)  # a bad --ratio fails before the teacher is read
-    return apply_flags(teacher_recipe(teacher, recipe, overrides), flags)
+    resolved = apply_flags(teacher_recipe(teacher, recipe, overrides), flags)
+    if gates is None:
+        return resolved
+    return resolved.model_copy(update={"gates": gating.merge(resolved.gates, gates)})
 
 
 def build_distillation(recipe: Recipe, teacher_path: Path, device: torch.device) -> Distillation:
@@ -110,6 +118,9 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
     frozen teacher replicated); rank 0 then writes the student, evaluates and reports, and is the only
     one to return a result (the others return None).
 
+    ``recipe.gates`` are judged once student.pth and report.json are written; the result carries them (the
+    caller fails the job on a failed gate) and report.json / report.md / report.html show them.
+
     Args:
         recipe: resolved recipe (model = the teacher's architecture; student/distill sections apply).
         teacher: teacher checkpoint (any supported format).
@@ -120,6 +131,7 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
         log: status line printer.
     """
     out_dir = Path(out_dir)
+    gating.check_applicable(recipe.gates, "compress", "nuscenes", source="recipe")  # before any work
     for warning in check_training_classes(recipe, teacher):  # no teacher class in the data: refused here
         log(f"warning: {warning}")
     distributed.setup()
@@ -165,6 +177,19 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
         "kd_pull": pulls,
         "notes": teacher_notes(t_metrics, recipe.dataset.val_split) + pull_notes(pulls),
         "recipe": recipe.model_dump(mode="json"),
+        "max_eval_frames": max_eval_frames, "cwd": os.getcwd(),  # with the recipe: the command that reruns it
     }
+    rj, rm, checked = finish_report(out_dir, report, recipe.gates)
+    return CompressResult(student_ckpt, rj, rm, curves, report, tuple(checked))
+
+
+def finish_report(out_dir: Path, report: dict[str, Any],
+                  gates: GatesConfig) -> tuple[Path, Path, list[gating.GateResult]]:
+    """Write report.json, judge the gates on it, then write it again with them and its page (report.md,
+    report.html): the run's numbers are on disk before any gate can fail the job. Returns (report.json,
+    report.md, the gates checked)."""
+    write_json(Path(out_dir) / "report.json", report)
+    checked = gating.evaluate(gates, gating.compress_values(report))
+    report.update(gating.fields(checked))
     rj, rm = write_report(out_dir, report)
-    return CompressResult(student_ckpt, rj, rm, curves, report)
+    return rj, rm, checked

@@ -25,6 +25,8 @@ def profile_on_frame(model: nn.Module, frame: Frame, repeats: int = 5) -> dict[s
     """Headline numbers for reports: params, GMACs, median CPU latency (ms), and the per-stage detail."""
     cpu_model = copy.deepcopy(model).cpu().eval()
     with torch.no_grad():
-        stats = profile(cpu_model, frame, repeats=repeats)
+        # 3 warm-up forwards: the first calls of a process pay one-off costs (allocator, kernels) that would
+        # fall on whichever network is profiled first and bias the teacher/student speed-up (--min-speedup)
+        stats = profile(cpu_model, frame, repeats=repeats, warmup=3)
     return {"params": stats["params_total"], "gmacs": stats["macs_total"] / 1e9, "latency_ms": stats["latency_ms"],
             "params_per_stage": stats["params"], "macs_per_stage": stats["macs"], "profile_frame": stats["frame"]}

@@ -1,4 +1,4 @@
-"""Teacher-vs-student report (markdown + JSON) and training curves (PNG) of a compress run."""
+"""The numbers of a compress report (tables, notes, KD pulls) and its pictures: training curves, AP per class."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from itkd_cli.core.io import atomic_path, write_json, write_text
+from itkd_cli.core.io import atomic_path
 
 # Rows of the comparison table: (label, key in a side's dict, format).
 ROWS: tuple[tuple[str, str, str], ...] = (
@@ -16,6 +16,8 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("mAP", "mAP", "{:.4f}"),
     ("NDS", "NDS", "{:.4f}"),
 )
+# Rows shown only when a side reports them (Waymo's official metric).
+OPTIONAL_ROWS: tuple[tuple[str, str, str], ...] = (("mAPH (LEVEL_2)", "mAPH_L2", "{:.4f}"),)
 
 
 # Below this teacher mAP a teacher-vs-student comparison compares two detectors that learned nothing.
@@ -62,7 +64,8 @@ def _fmt(value: Any, fmt: str) -> str:
 def comparison_rows(teacher: dict[str, Any], student: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(label, teacher, student, student/teacher) rows for the headline numbers."""
     rows = []
-    for label, key, fmt in ROWS:
+    optional = [row for row in OPTIONAL_ROWS if teacher.get(row[1]) is not None or student.get(row[1]) is not None]
+    for label, key, fmt in (*ROWS, *optional):
         t, s = teacher.get(key), student.get(key)
         ratio = f"{s / t:.3f}" if t and s is not None else "n/a"
         rows.append((label, _fmt(t, fmt), _fmt(s, fmt), ratio))
@@ -71,39 +74,8 @@ def comparison_rows(teacher: dict[str, Any], student: dict[str, Any]) -> list[tu
 
 def per_class_rows(teacher: dict[str, Any], student: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(class, teacher AP, student AP) for every class either side reports."""
-    t_ap = {k: v.get("AP") for k, v in (teacher.get("per_class") or {}).items()}
-    s_ap = {k: v.get("AP") for k, v in (student.get("per_class") or {}).items()}
-    names = list(dict.fromkeys([*t_ap, *s_ap]))
-    return [(n, _fmt(t_ap.get(n), "{:.4f}"), _fmt(s_ap.get(n), "{:.4f}")) for n in names]
-
-
-def _markdown(report: dict[str, Any]) -> str:
-    t, s = report["teacher"], report["student"]
-    lines = [f"# itkd compress report: {report['method']} student, ratio {report['ratio']} ({report['policy']} policy)", ""]
-    lines += [f"- teacher: `{report['teacher_checkpoint']}`", f"- student: `{report['student_checkpoint']}`",
-              f"- evaluated on split `{report['split']}` ({report.get('frames', 'all')} frames) with the official "
-              "nuScenes DetectionEval (detection_cvpr_2019)", ""]
-    lines += ["| | teacher | student | student / teacher |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in comparison_rows(t, s)]
-    lines += ["", "## AP per class", "", "| class | teacher | student |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in per_class_rows(t, s)]
-    if report.get("kd_pull"):
-        lines += ["", "## KD pull on the student", "",
-                  "Gradient norm of each weighted KD term on the student over the weighted detection loss's "
-                  "(measured every 50 steps; above 1 the term outweighs the labels).", "",
-                  "| term | mean | max |", "|---|---|---|"]
-        lines += [f"| {name} | {p['mean']:.3f} | {p['max']:.3f} |" for name, p in report["kd_pull"].items()]
-    if report.get("notes"):
-        lines += ["", "## Notes", "", *[f"- {note}" for note in report["notes"]]]
-    if report.get("curves"):
-        lines += ["", "## Training curves", "", f"![curves]({Path(report['curves']).name})"]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(out_dir: Path, report: dict[str, Any]) -> tuple[Path, Path]:
-    """Write report.json and report.md atomically; returns both paths."""
-    out_dir = Path(out_dir)
-    return write_json(out_dir / "report.json", report), write_text(out_dir / "report.md", _markdown(report))
+    data = ap_per_class(teacher, student)
+    return [(n, _fmt(t, "{:.4f}"), _fmt(s, "{:.4f}")) for n, t, s in zip(data["classes"], data["teacher"], data["student"])]
 
 
 def read_metrics_log(path: Path) -> list[dict[str, Any]]:
@@ -124,7 +96,7 @@ def plot_curves(metrics_jsonl: Path, out_png: Path, title: str) -> Optional[Path
     matplotlib.use("Agg")  # no display on servers and CI
     import matplotlib.pyplot as plt
 
-    skip = {"step", "epoch", "lr", "sec_per_step", "lam"}  # not losses
+    skip = {"step", "epoch", "lr", "sec_per_step", "lam", "grad_norm"}  # not losses (a gradient norm dwarfs them)
     keys = [k for k in steps[0]
             if k not in skip and not k.startswith("pull_") and isinstance(steps[0][k], (int, float))]
     evals = [r for r in records if "eval" in r]
@@ -145,3 +117,44 @@ def plot_curves(metrics_jsonl: Path, out_png: Path, title: str) -> Optional[Path
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return Path(out_png)
+
+
+def ap_per_class(teacher: dict[str, Any], student: dict[str, Any]) -> dict[str, list]:
+    """{classes, teacher, student}: the AP of every class either side reports (None where a side has none)."""
+    t_ap = {k: v.get("AP") for k, v in (teacher.get("per_class") or {}).items()}
+    s_ap = {k: v.get("AP") for k, v in (student.get("per_class") or {}).items()}
+    names = list(dict.fromkeys([*t_ap, *s_ap]))
+    return {"classes": names, "teacher": [t_ap.get(n) for n in names], "student": [s_ap.get(n) for n in names]}
+
+
+def plot_ap_per_class(report: dict[str, Any], out_png: Path) -> Optional[dict[str, list]]:
+    """Bar chart of AP per class, teacher beside student, into a PNG; returns the bar heights drawn
+    ({classes, teacher, student}), or None when neither side reports a class."""
+    data = ap_per_class(report["teacher"], report["student"])
+    if not data["classes"]:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    n = len(data["classes"])
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n + 2), 4))
+    x = list(range(n))
+    drawn = {}
+    for side, shift, color in (("teacher", -0.2, "#4c72b0"), ("student", 0.2, "#dd8452")):
+        heights = [v or 0.0 for v in data[side]]
+        score = report[side].get("mAP")
+        label = f"{side} (mAP {score:.3f})" if score is not None else side
+        bars = ax.bar([i + shift for i in x], heights, width=0.4, label=label, color=color)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        drawn[side] = [float(b.get_height()) for b in bars]
+    ax.set_xticks(x, data["classes"], rotation=30, ha="right")
+    ax.set_ylim(0, max(1e-3, *drawn["teacher"], *drawn["student"]) * 1.15)
+    ax.set_ylabel("AP"), ax.set_title(f"AP per class on {report.get('split', 'val')}: teacher vs student")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return {"classes": data["classes"], **drawn}

@@ -344,6 +344,23 @@ class ExportConfig(Strict):
     with_decode: bool = Field(False, description="Include top-K decoding so the graph returns boxes.")
 
 
+class GatesConfig(Strict):
+    """Quality gates of a CI job: a value past its threshold fails the job (exit 1) after everything is written."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    min_map: Optional[float] = Field(None, ge=0, le=1, description=(
+        "Fail when the student's mAP (eval: the checkpoint's; Waymo: LEVEL_2 mAP) is below this."))
+    min_nds: Optional[float] = Field(None, ge=0, le=1, description="nuScenes: fail when the NDS is below this.")
+    min_maph: Optional[float] = Field(None, ge=0, le=1, description=(
+        "Waymo (`itkd eval --dataset waymo`): fail when the LEVEL_2 mAPH, the official metric, is below this."))
+    max_drop: Optional[float] = Field(None, ge=0, le=1, description=(
+        "compress: fail when teacher mAP - student mAP (absolute, e.g. 0.03) is above this."))
+    min_speedup: Optional[float] = Field(None, gt=0, description=(
+        "compress: fail when teacher / student latency (median CPU PyTorch eager forward on the first val "
+        "frame, the report's latency row) is below this, e.g. 4."))
+    max_params: Optional[int] = Field(None, ge=1, description="Fail when the student (eval: the checkpoint) has more parameters.")
+
+
 class Recipe(Strict):
     description: str = Field("", description="One line shown by `itkd recipe ls`.")
     dataset: DatasetConfig = Field(default_factory=DatasetConfig, description="Where frames come from.")
@@ -353,6 +370,7 @@ class Recipe(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation and schedule.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
     export: ExportConfig = Field(default_factory=ExportConfig, description="ONNX export.")
+    gates: GatesConfig = Field(default_factory=GatesConfig, description="Quality gates checked by `itkd compress`.")
 
     @model_validator(mode="after")
     def _classes_covered(self) -> "Recipe":

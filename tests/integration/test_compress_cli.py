@@ -165,6 +165,28 @@ def test_compress_never_changes_the_teacher(cli, world, teacher, tmp_path, monke
     assert not any(p.requires_grad for p in seen[0].parameters())
 
 
+def test_a_real_compress_with_a_failed_gate_writes_everything_then_exits_1(cli, world, teacher, tmp_path):
+    """The one fast real run: 1 step, both networks evaluated, --min-map 0.99 fails, --max-drop 1 passes."""
+    from itkd_cli.pipeline.report import plot_ap_per_class
+
+    out = tmp_path / "run"
+    result = _compress(cli, teacher, out, world, "--min-map", "0.99", "--max-drop", "1")
+    assert result.exit_code == 1, result.output
+    report = json.loads((out / "report.json").read_text())
+    s_map = report["student"]["mAP"]
+    assert _error_lines(result.output) == [f"error: gate --min-map failed: student mAP {s_map:.4f} is below 0.99"]
+    assert [(g["name"], g["threshold"], g["passed"]) for g in report["gates"]] == [("min_map", 0.99, False),
+                                                                                   ("max_drop", 1.0, True)]
+    assert report["gates"][0]["value"] == s_map and json.loads(result.stdout)["gates"] == report["gates"]
+    for name in ("student.pth", "report.md", "report.html", "curves.png", "ap_per_class.png", "recipe.yaml"):
+        assert (out / name).stat().st_size > 0, name
+    # the chart's bars are the report's per-class APs; the recipe beside it reruns the same job
+    drawn = plot_ap_per_class(report, tmp_path / "again.png")
+    assert drawn["student"] == [report["student"]["per_class"][c]["AP"] for c in drawn["classes"]]
+    assert load_recipe(out / "recipe.yaml").model_dump(mode="json") == report["recipe"]
+    assert "| --min-map | student mAP | 0.9900 |" in (out / "report.md").read_text()
+
+
 def _assert_rejected(result, out: Path, *words: str) -> None:
     assert result.exit_code == 2, result.output
     lines = _error_lines(result.output)

@@ -130,14 +130,20 @@ def test_compress_killed_then_resumed_equals_uninterrupted(world, reference, tmp
 
 def test_a_second_run_on_a_folder_in_use_is_refused(world, tmp_path):
     out = tmp_path / "run"
-    first = subprocess.Popen(_train_cmd(world, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    long_run = [*_train_cmd(world, out), "--set", "train.epochs=400"]  # still training when the second one starts
+    first = subprocess.Popen(long_run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        log = out / "metrics.jsonl"
         deadline = time.monotonic() + 120
-        while not (out / ".itkd.lock").is_file() and time.monotonic() < deadline:
+        while not (log.is_file() and log.read_text().strip()) and time.monotonic() < deadline:
             time.sleep(0.05)
-        second = _run([*_train_cmd(world, out), "--force"])
-        assert second.returncode == 2
-        assert f"in use by a running `itkd train` (pid {first.pid}" in second.stderr
+        for extra in ([], ["--force"]):  # neither a new run nor a replacement may touch a folder in use
+            second = _run([*_train_cmd(world, out), *extra])
+            assert second.returncode == 2, second.stderr
+            assert f"in use by a running `itkd train` (pid {first.pid}" in second.stderr
+        assert first.poll() is None, "the first run must still be running, untouched"
     finally:
+        first.send_signal(signal.SIGINT)
         first.wait(timeout=300)
-    assert first.returncode == 0 and not (out / ".itkd.lock").exists()
+    assert first.returncode == 130 and not (out / ".itkd.lock").exists()  # the owner cleared its lock
+    torch.load(out / "last.pth", weights_only=True)

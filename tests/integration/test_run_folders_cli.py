@@ -116,6 +116,10 @@ def test_compress_resume_command_repeats_the_flags():
                          ["train.epochs=2"])
     assert cmd == ("itkd compress --teacher t.pth --out 'runs/c 25' --recipe synth-pillar-itkd-1-4 --ratio 0.25 "
                    "--method itkd --set train.epochs=2 --resume")
+    from itkd_cli.recipe.schema import GatesConfig
+
+    gated = resume_command(Path("t.pth"), Path("r"), None, None, None, None, 3, [], GatesConfig(min_map=0.3, max_params=9))
+    assert gated == "itkd compress --teacher t.pth --out r --max-eval-frames 3 --min-map 0.3 --max-params 9 --resume"
 
 
 @pytest.fixture()

@@ -11,7 +11,7 @@ from itkd_cli import __version__
 from itkd_cli.cli.main import app
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-TOP = ["demo", "compress", "eval", "export", "train", "info", "data", "checkpoint", "recipe"]
+TOP = ["demo", "compress", "eval", "export", "report", "train", "info", "data", "checkpoint", "recipe"]
 SUB = {"data": ["synth", "prepare", "inspect"], "checkpoint": ["inspect", "convert"],
        "recipe": ["ls", "show", "cp", "validate"]}
 
@@ -131,6 +131,12 @@ def test_a_bad_training_recipe_is_reported_before_torch_loads(tmp_path: Path) ->
     (["--ratio", "0"], "--ratio: 0.0 must be above 0"),
     (["--ratio", "nan"], "--ratio: nan must be above 0"),
     (["--recipe", "synth-pillar", "--policy", "wide"], "flags: student.policy"),
+    (["--min-map", "1.5"], "--min-map: 1.5: input should be less than or equal to 1"),
+    (["--max-drop", "-0.1"], "--max-drop: -0.1: input should be greater than or equal to 0"),
+    (["--min-speedup", "nan"], "--min-speedup: nan: input should be a finite number"),
+    (["--min-maph", "0.3"], "--min-maph: cannot be checked by `itkd compress` on nuscenes"),
+    (["--recipe", "synth-pillar", "--set", "gates.min_map=2"], "--set gates.min_map=2: gates.min_map"),
+    (["--recipe", "synth-pillar", "--set", "gates.min_maph=0.2"], "gates.min_maph: cannot be checked"),
 ])
 def test_bad_compress_flags_are_reported_before_torch_loads(tmp_path: Path, flags: list[str], expected: str) -> None:
     """compress checks its flags and an explicit --recipe before importing torch (and reading the teacher)."""
@@ -159,7 +165,8 @@ def test_an_error_under_json_is_one_json_object_on_stdout(cli, args) -> None:
     result = cli(*args)
     assert result.exit_code == 2
     data = json.loads(result.stdout)
-    assert set(data) == {"error", "hint", "exit_code"} and data["exit_code"] == 2 and data["error"]
+    assert set(data) == {"schema_version", "error", "hint", "exit_code"} and data["exit_code"] == 2 and data["error"]
+    assert data["schema_version"] == 1
     assert f"error: {data['error'].splitlines()[0]}" in result.stderr
 
 
@@ -170,5 +177,32 @@ def test_recipe_cp_json(cli, tmp_path: Path) -> None:
 
     result = cli("recipe", "cp", "synth-pillar-itkd-1-4", str(tmp_path), "--json")
     assert result.exit_code == 0
-    assert json.loads(result.stdout) == {"recipe": str((builtin_dir() / "synth-pillar-itkd-1-4.yaml").resolve()),
+    assert json.loads(result.stdout) == {"schema_version": 1,
+                                         "recipe": str((builtin_dir() / "synth-pillar-itkd-1-4.yaml").resolve()),
                                          "wrote": str(tmp_path / "synth-pillar-itkd-1-4.yaml")}
+
+
+@pytest.mark.parametrize("args,key", [
+    (("recipe", "ls", "--json"), "recipes"),
+    (("recipe", "show", "synth-pillar", "--json"), "recipe"),
+    (("recipe", "validate", "synth-pillar", "--json"), "results"),
+    (("info", "--recipe", "synth-pillar", "--repeats", "0", "--json"), None),
+])
+def test_every_json_output_is_one_object_with_its_schema_version(cli, args, key) -> None:
+    """A CI job can tell the format it reads: schema_version first, in results as in error objects."""
+    import json
+
+    from itkd_cli.cli.common import SCHEMA_VERSION
+
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert list(data)[0] == "schema_version" and data["schema_version"] == SCHEMA_VERSION == 1
+    assert key is None or key in data
+
+
+def test_emit_json_takes_objects_only() -> None:
+    from itkd_cli.cli.common import emit_json
+
+    with pytest.raises(TypeError, match="must be an object"):
+        emit_json([1, 2])

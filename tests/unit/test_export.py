@@ -80,6 +80,14 @@ def test_model_card_has_latency_verification_and_deployment_note(exported):
         assert part in text
 
 
+def test_export_json_records_the_verification_figures(exported):
+    """<stem>.export.json beside the .onnx: what `itkd export --json` prints, for `itkd report` to show."""
+    ck, res = exported
+    record = json.loads((res.onnx.parent / f"{ck.stem}.export.json").read_text())
+    assert record == json.loads(json.dumps(res.to_dict()))
+    assert record["verified"] and len(record["frames"]) == 2 and record["latency_ms"]["onnxruntime"] > 0
+
+
 def _corrupt(src, dst) -> None:
     """Add 1.0 to the largest float initializer of an ONNX file."""
     import onnx

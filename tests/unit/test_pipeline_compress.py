@@ -112,7 +112,8 @@ def test_demo_notes_a_teacher_that_learned_nothing() -> None:
 
 
 def test_compress_report_notes_a_teacher_that_learned_nothing(tmp_path) -> None:
-    from itkd_cli.pipeline.report import LEARNED_MAP, teacher_notes, write_report
+    from itkd_cli.pipeline.report import LEARNED_MAP, teacher_notes
+    from itkd_cli.pipeline.report_page import write_report
 
     assert teacher_notes({"mAP": 0.34}, "synth_val") == []
     assert teacher_notes({"mAP": LEARNED_MAP}, "synth_val") == []

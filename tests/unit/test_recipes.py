@@ -91,7 +91,7 @@ def test_cli_validate_reports_every_error_and_exits_2(tmp_path: Path, cli) -> No
 
 def test_cli_ls_show_cp(tmp_path: Path, cli) -> None:
     listed = json.loads(cli("recipe", "ls", "--json").stdout)
-    assert {"synth-pillar"} <= {row["name"] for row in listed}
+    assert listed["schema_version"] == 1 and {"synth-pillar"} <= {row["name"] for row in listed["recipes"]}
     shown = cli("recipe", "show", "synth-pillar", "--set", "train.epochs=2")
     assert shown.exit_code == 0 and yaml.safe_load(shown.stdout)["train"]["epochs"] == 2
     dest = tmp_path / "mine.yaml"
