@@ -22,26 +22,37 @@ from itkd_cli.core.errors import ItkdError
 LOCK = ".itkd.lock"
 
 
-def _alive(pid: int) -> bool:
+def process_start(pid: int) -> Optional[str]:
+    """Start time of process ``pid`` in clock ticks since boot (Linux /proc), None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces or parentheses: count fields after its closing ")"
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def owner_alive(pid: int, host: Optional[str], start: Optional[str]) -> bool:
+    """False only when the process that recorded (pid, host, start) is certainly gone: when in doubt, alive."""
+    if host != socket.gethostname():
+        return True  # another machine's process on a shared disk: its pid means nothing here
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+    except PermissionError:
+        pass  # exists, owned by someone else
+    return start is None or process_start(pid) in (None, start)  # a recycled pid started at another time
 
 
 def _owner(lock: Path) -> Optional[dict]:
     """The lock's owner record, or None when the lock is stale (owner gone) or unreadable."""
     try:
         owner = json.loads(lock.read_text())
-        pid, host = int(owner["pid"]), owner.get("host")
+        pid = int(owner["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if host == socket.gethostname() and not _alive(pid):
-        return None
-    return owner
+    return owner if owner_alive(pid, owner.get("host"), owner.get("proc_start")) else None
 
 
 def _refuse_if_in_use(folder: Path, name: str = LOCK) -> None:
@@ -56,7 +67,7 @@ def _take_lock(folder: Path, command: str, name: str = LOCK) -> Path:
     """Create ``folder/name`` exclusively (O_EXCL: of two racing processes exactly one wins)."""
     lock = folder / name
     record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-                         "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                         "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "proc_start": process_start(os.getpid())})
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

@@ -75,7 +75,7 @@ def test_a_recycled_pid_does_not_keep_a_leftover(tmp_path: Path) -> None:
     out = tmp_path / "synth"
     recycled = _leftover(out, pid=os.getpid(), started="1")  # our pid, but a process started at another time
     staging.clear_leftovers(out)
-    if staging._start_time(os.getpid()) is None:  # no /proc: the pid alone cannot tell, so it stays
+    if staging.process_start(os.getpid()) is None:  # no /proc: the pid alone cannot tell, so it stays
         assert recycled.exists()
     else:
         assert not recycled.exists()

@@ -14,7 +14,8 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Optional
+
+from itkd_cli.core.run_dir import owner_alive, process_start
 
 STAGING = ".itkd-synth-staging.json"
 
@@ -24,30 +25,10 @@ def prefix(out: Path) -> str:
     return f".{out.name}.synth-"
 
 
-def _start_time(pid: int) -> Optional[str]:
-    """Start time of process `pid` in clock ticks since boot (Linux /proc), None where unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) may hold spaces or parentheses: count fields after its closing ")"
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 def _owner_alive(record: dict) -> bool:
     """True unless the recorded owner is certainly gone (when in doubt, the folder is left alone)."""
     pid = record.get("pid")
-    if not isinstance(pid, int) or record.get("host") != socket.gethostname():
-        return True  # another machine's run on a shared disk: its pid means nothing here
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, another user's
-    started = record.get("started")
-    # a recycled pid belongs to a process started at another time
-    return started is None or _start_time(pid) in (None, started)
+    return not isinstance(pid, int) or owner_alive(pid, record.get("host"), record.get("started"))
 
 
 def make(out: Path, args: dict) -> Path:
@@ -62,7 +43,7 @@ def make(out: Path, args: dict) -> Path:
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset gets normal permissions
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": _start_time(os.getpid()),
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": process_start(os.getpid()),
                   "out": str(out.resolve()), "args": args}
         (tmp / STAGING).write_text(json.dumps(record) + "\n")
     except BaseException:
