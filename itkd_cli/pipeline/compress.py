@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from functools import partial
@@ -13,7 +12,7 @@ import torch
 from torch import nn
 
 from itkd_cli.core.errors import ItkdError
-from itkd_cli.core.io import write_json
+from itkd_cli.core.io import file_sha256, write_json
 from itkd_cli.data.loader import build_loader
 from itkd_cli.data.targets import assign_targets
 from itkd_cli.data.validate import check_training_classes
@@ -86,7 +85,7 @@ def build_distillation(recipe: Recipe, teacher_path: Path, device: torch.device)
 
 def _teacher_key(recipe: Recipe, teacher: Path, max_frames: Optional[int]) -> dict[str, Any]:
     """What the teacher's metrics depend on: the checkpoint bytes, the dataset and the frames evaluated."""
-    digest = hashlib.sha256(Path(teacher).read_bytes()).hexdigest()
+    digest = file_sha256(teacher)
     frames = max_frames if max_frames is not None else recipe.eval.max_frames
     return {"teacher_sha256": digest, "root": str(Path(recipe.dataset.root).resolve()),
             "version": recipe.dataset.version, "split": recipe.dataset.val_split, "max_frames": frames}

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from itkd_cli.core.io import write_json
+from itkd_cli.core.io import file_sha256, write_json
 from itkd_cli.core.run_dir import aside_name
 from itkd_cli.data.synth import generate
 from itkd_cli.pipeline.export_run import export_checkpoint
@@ -36,10 +36,6 @@ def _finished_epochs(checkpoint: Path) -> int:
     if not checkpoint.is_file():
         return 0
     return int(read_checkpoint(checkpoint).meta.get("epoch", 0))
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def recipe_sha256(recipe: Any) -> str:
