@@ -1,17 +1,15 @@
 """Official Waymo metrics (mAP / mAPH, LEVEL_1 / LEVEL_2) through the Waymo venv.
 
 waymo-open-dataset cannot share this environment (it pins tensorflow and typing_extensions 4.5, which
-break torch and pydantic), so ``waymo_tool.py`` runs in its own venv and exchanges .npz files with
-this module: it reads the TFRecords (points + labels) and runs ``py_metrics_ops.detection_metrics``
+break torch and pydantic), so ``itkd_cli/waymo_tool/tool.py`` runs in its own venv (``core.waymo_env``)
+and exchanges .npz files with this module: it reads the TFRecords (points + labels) and runs ``py_metrics_ops.detection_metrics``
 with the config of the official ``compute_detection_metrics_main``; inference stays here.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -24,37 +22,15 @@ from torch import nn
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.io import atomic_path, write_json
 from itkd_cli.core.types import Detections
+from itkd_cli.core.waymo_env import run_tool
 from itkd_cli.models.decode import decode
 from itkd_cli.recipe.schema import ModelConfig, Recipe
 
-TOOL = Path(__file__).with_name("waymo_tool.py")
-PYTHON_ENV = "ITKD_WAYMO_PYTHON"
 WAYMO_TYPES = {"vehicle": 1, "pedestrian": 2, "sign": 3, "cyclist": 4}  # label_pb2.Label.Type
 LEADERBOARD_CLASSES = ("Vehicle", "Pedestrian", "Cyclist")
 LEVELS = ("L1", "L2")
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions_waymo.npz"
-
-
-def waymo_python() -> Path:
-    """The Waymo venv's interpreter: $ITKD_WAYMO_PYTHON, else .venv-waymo/ beside the itkd checkout."""
-    found = os.environ.get(PYTHON_ENV)
-    path = Path(found) if found else Path(__file__).resolve().parents[2] / ".venv-waymo" / "bin" / "python"
-    if not path.is_file():
-        raise ItkdError(f"Waymo metrics: no Waymo environment at {path} (waymo-open-dataset cannot share itkd's venv)",
-                        hint=f"run `make waymo-env` in the itkd checkout, or set {PYTHON_ENV} to its python")
-    return path
-
-
-def run_tool(*args: Union[str, Path]) -> None:
-    """Run one waymo_tool.py command in the Waymo venv; its own error line becomes an ItkdError."""
-    cmd = [str(waymo_python()), str(TOOL), *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-        mine = [ln for ln in lines if ln.startswith("waymo_tool: ")]
-        msg = mine[-1][len("waymo_tool: "):] if mine else (lines[-1] if lines else f"exit status {proc.returncode}")
-        raise ItkdError(f"Waymo tool: {msg}", exit_code=2 if mine else 1)
 
 
 def class_types(class_names: Sequence[str]) -> np.ndarray:

@@ -13,6 +13,7 @@ import torch
 
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.types import Detections
+from itkd_cli.core import waymo_env
 from itkd_cli.evaluate import waymo_eval
 
 HERE = Path(__file__).parent
@@ -44,7 +45,7 @@ FLOAT32_ROWS = {"OBJECT_TYPE_TYPE_VEHICLE_LEVEL_1", "OBJECT_TYPE_TYPE_VEHICLE_LE
 @pytest.fixture(scope="module")
 def waymo_python() -> Path:
     try:
-        return waymo_eval.waymo_python()
+        return waymo_env.waymo_python()
     except ItkdError as exc:
         pytest.skip(f"Waymo venv absent ({exc.message}); `make waymo-env` installs it")
 

@@ -3,9 +3,9 @@
 waymo-open-dataset pins tensorflow 2.13 and typing_extensions 4.5, which break torch and pydantic, so it
 lives in its own venv (`make waymo-env`) and this file talks to itkd through .npz files only (no pickle):
 
-    python waymo_tool.py frames   OUT_DIR TFRECORD... [--max-frames N]   # points + labels per frame
-    python waymo_tool.py objects  OBJECTS.bin OUT.npz                    # an official Objects file
-    python waymo_tool.py metrics  PRED.npz GT.npz OUT.json               # official mAP / mAPH
+    python tool.py frames   OUT_DIR TFRECORD... [--max-frames N]   # points + labels per frame
+    python tool.py objects  OBJECTS.bin OUT.npz                    # an official Objects file
+    python tool.py metrics  PRED.npz GT.npz OUT.json               # official mAP / mAPH
 
 Imports: the standard library, numpy, tensorflow and waymo_open_dataset only.
 """
