@@ -53,10 +53,10 @@ def compress_command(
     flags = compress_flags(ratio, policy, method)
     gates = gating.from_flags(min_map=min_map, min_nds=min_nds, min_maph=min_maph, max_drop=max_drop,
                               min_speedup=min_speedup, max_params=max_params)
-    gating.check_applicable(gates, "compress", "nuscenes")
-    if recipe is not None:
-        gating.check_applicable(apply_flags(load_recipe(recipe, overrides), flags).gates, "compress", "nuscenes",
-                                source="recipe")
+    if recipe is not None:  # else the teacher's stored recipe names the dataset: compress() checks them there
+        named = apply_flags(load_recipe(recipe, overrides), flags)
+        gating.check_applicable(gates, "compress", named.dataset.kind)
+        gating.check_applicable(named.gates, "compress", named.dataset.kind, source="recipe")
     from itkd_cli.pipeline.compress import compress, compress_recipe
 
     again = resume_command(teacher, out, recipe, ratio, policy, method, max_eval_frames, overrides, gates)

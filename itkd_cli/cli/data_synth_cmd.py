@@ -17,10 +17,13 @@ def _print_summary(summary: dict) -> None:
     """Human-readable result on stderr."""
     if summary["reused"]:
         say(f"[green]already there[/]: {summary['out']} holds this dataset (same preset, size and seed); reused")
-    table = Table(title=f"{summary['out']}/{summary['version']}", show_header=False)
-    for key in ("preset", "seed", "scenes", "frames", "keyframes", "sweeps", "annotations", "points_per_keyframe",
-                "splits", "seconds"):
-        table.add_row(key, str(summary[key]))
+    waymo = summary["version"] == "waymo"
+    title = f"{summary['out']} (Waymo segments)" if waymo else f"{summary['out']}/{summary['version']}"
+    table = Table(title=title, show_header=False)
+    for key in ("preset", "seed", "scenes", "frames", "keyframes", "sweeps", "waymo_frames", "annotations",
+                "points_per_keyframe", "points_per_frame", "splits", "seconds"):
+        if key in summary:
+            table.add_row(key, str(summary[key]))
     result(table)
 
 
@@ -35,15 +38,19 @@ def register(app: typer.Typer) -> None:
         frames: Optional[int] = typer.Option(None, "--frames", help="Keyframes per scene (default: the preset's)."),
         seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes byte-identical files."),
         preset: str = typer.Option("default", "--preset", help=f"World size: {', '.join(PRESETS)}."),
+        layout: str = typer.Option("nuscenes", "--format", help=(
+            "nuscenes (13 tables + .pcd.bin, v1.0-synth) or waymo (segment TFRecords in training/ and validation/, "
+            "written by the Waymo venv; then `itkd data prepare --dataset waymo`).")),
         json_out: bool = JsonOpt,
     ) -> None:
-        """Render a procedural street with a simulated 32-beam LiDAR into nuScenes format (v1.0-synth)."""
+        """Render a procedural street with a simulated 32-beam LiDAR into nuScenes format (v1.0-synth) or as Waymo
+        segments (--format waymo)."""
         from itkd_cli.data.synth import generate
 
         columns = (TextColumn("rendering sweeps"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=console, transient=True, disable=STATE["quiet"]) as progress:
             task = progress.add_task("synth", total=None)
-            summary = generate(out, scenes=scenes, frames=frames, seed=seed, preset=preset,
+            summary = generate(out, scenes=scenes, frames=frames, seed=seed, preset=preset, layout=layout,
                                progress=lambda done, total: progress.update(task, completed=done, total=total))
         for folder in summary["cleared_staging"]:
             say(f"removed {folder}: staging folder of an interrupted run")

@@ -38,8 +38,9 @@ def _device(name: str):
     return torch.device(name)
 
 
-def _with_dataset(recipe, data_root: Optional[str], version: Optional[str]):
-    """The checkpoint's recipe with --data-root/--version replacing the stored dataset fields."""
+def _with_dataset(recipe, data_root: Optional[str], version: Optional[str], kind: Optional[str] = None):
+    """The checkpoint's recipe with --data-root/--version (and the dataset kind found there) replacing the
+    stored dataset fields."""
     from itkd_cli.recipe import recipe_from_dict
 
     data = recipe.model_dump(mode="json")
@@ -47,6 +48,8 @@ def _with_dataset(recipe, data_root: Optional[str], version: Optional[str]):
         data["dataset"]["root"] = data_root
     if version is not None:
         data["dataset"]["version"] = version
+    if kind is not None:
+        data["dataset"]["kind"] = kind
     return recipe_from_dict(data, source="checkpoint recipe + --data-root/--version")
 
 
@@ -77,9 +80,10 @@ def _run(checkpoint: Path, data_root: Optional[str], version: Optional[str], spl
     return metrics, out, _params(model)
 
 
-def _run_waymo(checkpoint: Optional[Path], data_root: Optional[str], out: Optional[Path], max_frames: Optional[int],
-               device: str, predictions: Optional[Path], ground_truth: Optional[Path],
+def _run_waymo(checkpoint: Optional[Path], data_root: Optional[str], split: Optional[str], out: Optional[Path],
+               max_frames: Optional[int], device: str, predictions: Optional[Path], ground_truth: Optional[Path],
                force: bool) -> tuple[dict, Path, str, Optional[int]]:
+    from itkd_cli.data.waymo import is_converted
     from itkd_cli.evaluate import waymo_eval
 
     if predictions is not None or ground_truth is not None:
@@ -93,16 +97,26 @@ def _run_waymo(checkpoint: Optional[Path], data_root: Optional[str], out: Option
         raise ItkdError("--checkpoint: required (or --predictions with --ground-truth for --dataset waymo)")
     from itkd_cli.evaluate.run import load_model
 
-    model, recipe = load_model(checkpoint)
-    waymo_eval.class_types(recipe.dataset.class_names)  # fail before any inference
-    root = data_root or recipe.dataset.root
-    out = out or default_out(checkpoint, "waymo")
+    model, stored = load_model(checkpoint)
+    waymo_eval.class_types(stored.dataset.class_names)  # fail before any inference
+    root = data_root or stored.dataset.root
+    converted = is_converted(root)  # a root of `itkd data prepare --dataset waymo`, else TFRecords
+    if split is not None and not converted:
+        raise ItkdError(f"--split: {root} holds TFRecords, not a converted root with splits",
+                        hint="pass the segments of one split with --data-root, or a root converted by "
+                             "`itkd data prepare --dataset waymo`")
+    out = out or default_out(checkpoint, f"waymo_{split or stored.dataset.val_split}" if converted else "waymo")
     model.to(_device(device))
-    say(f"evaluating {checkpoint} on Waymo frames in {root}")
+    say(f"evaluating {checkpoint} on Waymo frames in {root}" + (f" split {split or stored.dataset.val_split!r}"
+                                                                 if converted else ""))
     with owned(out, "itkd eval", RUN_PRODUCTS, force=force, can_resume=False), _progress_bar() as bar:
         task = bar.add_task("inference", total=None)
-        metrics = waymo_eval.evaluate_waymo(recipe, model, root, out, max_frames=max_frames,
-                                            progress=lambda done, total: bar.update(task, completed=done, total=total))
+        tick = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
+        if converted:
+            recipe = _with_dataset(stored, str(root), None, kind="waymo")
+            metrics = waymo_eval.evaluate_converted(recipe, model, out, split, max_frames, progress=tick)
+        else:
+            metrics = waymo_eval.evaluate_waymo(stored, model, root, out, max_frames=max_frames, progress=tick)
     return metrics, out, checkpoint.name, _params(model)
 
 
@@ -134,9 +148,11 @@ def register(app: typer.Typer) -> None:
         checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Our checkpoint (.pth) to evaluate."),
         dataset: str = typer.Option("nuscenes", "--dataset", help="Benchmark: nuscenes or waymo."),
         data_root: Optional[str] = typer.Option(None, "--data-root",
-                                                help="Replace the stored dataset.root (waymo: a .tfrecord or a folder)."),
+                                                help="Replace the stored dataset.root (waymo: a .tfrecord, a folder of "
+                                                     "them, or a root converted by `itkd data prepare`)."),
         version: Optional[str] = typer.Option(None, "--version", help="Replace the stored dataset.version."),
-        split: Optional[str] = typer.Option(None, "--split", help="Devkit split (default: dataset.val_split)."),
+        split: Optional[str] = typer.Option(None, "--split", help="Split (default: dataset.val_split; waymo: of a "
+                                                                  "converted root)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <checkpoint>_eval_<split> beside it)."),
         force: bool = ForceOpt,
         max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Evaluate only the first N frames."),
@@ -167,10 +183,11 @@ def register(app: typer.Typer) -> None:
                                   min_speedup=min_speedup, max_params=max_params)
         gating.check_applicable(gates, "eval", dataset, has_model=predictions is None)
         if dataset == "waymo":
-            if version is not None or split is not None:
-                raise ItkdError("--version/--split: nuScenes only; for Waymo pass the segments with --data-root")
-            metrics, out_dir, name, params = _run_waymo(checkpoint, data_root, out, max_frames, device, predictions,
-                                                        ground_truth, force)
+            if version is not None:
+                raise ItkdError("--version: nuScenes only; for Waymo pass the segments or a converted root with "
+                                "--data-root")
+            metrics, out_dir, name, params = _run_waymo(checkpoint, data_root, split, out, max_frames, device,
+                                                        predictions, ground_truth, force)
             checked = _gated(metrics, out_dir, gates, params)
             _report_waymo(metrics, out_dir, name, json_out)
             if checked and not json_out:

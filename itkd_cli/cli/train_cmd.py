@@ -81,16 +81,16 @@ def _recipe(name: Optional[str], resume: Optional[Path], overrides: List[str]) -
 
 
 def eval_hook(recipe: Recipe, out: Path) -> Callable[[Path, int], dict]:
-    """The training loop's periodic evaluation: official nuScenes metrics of the epoch's checkpoint.
+    """The training loop's periodic evaluation: official metrics (nuScenes or Waymo) of the epoch's checkpoint.
 
     Only top-level numbers (mAP, NDS, mATE...) are returned: they go into metrics.jsonl, TensorBoard
     and the checkpoint; the full report stays in ``out/eval/epoch_N/``.
     """
-    from itkd_cli.evaluate.run import evaluate_nuscenes
+    from itkd_cli.evaluate.run import evaluate_split
 
     def hook(checkpoint: Path, epoch: int) -> dict:
         say(f"evaluating epoch {epoch} on {recipe.dataset.val_split}")
-        metrics = evaluate_nuscenes(recipe, checkpoint, out / "eval" / f"epoch_{epoch}")
+        metrics = evaluate_split(recipe, checkpoint, out / "eval" / f"epoch_{epoch}")
         return {k: float(v) for k, v in metrics.items()
                 if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)}
 

@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.io import write_json
 from itkd_cli.data.infos import frame_info, open_nuscenes, split_sample_tokens
+from itkd_cli.data.waymo import waymo_infos
 from itkd_cli.recipe.schema import DatasetConfig
 
 CACHE_FORMAT = 1
@@ -69,11 +70,23 @@ def write_infos(cfg: DatasetConfig, split: str, infos: list[dict]) -> Path:
 
 
 def load_infos(cfg: DatasetConfig, split: str, build_missing: bool = True) -> list[dict]:
-    """Frame infos of a split from the cache; (re)built and written when absent or stale.
+    """Frame infos of a split, every ``dataset.sampled_interval``-th frame of it.
+
+    nuScenes infos come from the cache, (re)built and written when absent or stale; a converted Waymo
+    root's segment indexes are read as they are (they are the cache).
 
     Raises:
         ItkdError: unreadable cache file, or cache absent and ``build_missing`` is False.
     """
+    if cfg.kind == "waymo":
+        infos = waymo_infos(cfg.root, split)
+    else:
+        infos = _nuscenes_infos(cfg, split, build_missing)
+    step = {cfg.train_split: cfg.sampled_interval.train, cfg.val_split: cfg.sampled_interval.val}.get(split, 1)
+    return infos[::step]
+
+
+def _nuscenes_infos(cfg: DatasetConfig, split: str, build_missing: bool) -> list[dict]:
     path = info_path(cfg, split)
     if path.is_file():
         try:

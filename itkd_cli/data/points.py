@@ -12,6 +12,7 @@ import numpy as np
 from pyquaternion import Quaternion
 
 from itkd_cli.core.errors import ItkdError
+from itkd_cli.data.waymo import KIND as WAYMO, read_waymo_points
 
 # nuScenes LiDAR files hold x, y, z, intensity, ring as float32.
 PCD_FLOATS = 5
@@ -180,11 +181,14 @@ def load_frame_points(root: str | Path, info: dict, sweeps: int) -> np.ndarray:
 
     Returns:
         (N, 5) float32 x, y, z, intensity, time_lag (s; 0 for the keyframe). Sweep points within
-        ``EGO_RADIUS`` of their sensor in x and y are dropped (ego-vehicle returns).
+        ``EGO_RADIUS`` of their sensor in x and y are dropped (ego-vehicle returns). A converted Waymo
+        frame (info kind "waymo") gives x, y, z, tanh(intensity), elongation in the vehicle frame.
 
     Raises:
         ItkdError: a point file is missing, truncated or holds NaN/Inf, or the keyframe's is empty.
     """
+    if info.get("kind") == WAYMO:
+        return read_waymo_points(Path(root) / info["lidar_path"], info["token"])
     key = read_pcd_bin(Path(root) / info["lidar_path"], info["lidar_token"])
     if len(key) == 0:  # an empty sweep is only less context; an empty keyframe is no sample at all
         raise ItkdError(f"{Path(root) / info['lidar_path']} (sample_data {info['lidar_token']}): keyframe point "

@@ -1,4 +1,4 @@
-"""Inference over a split + official nuScenes evaluation (CLI `itkd eval` and the training callback)."""
+"""Inference over a split + the official metrics of its dataset (CLI `itkd eval`, compress, the training callback)."""
 
 from __future__ import annotations
 
@@ -129,3 +129,18 @@ def evaluate_nuscenes(recipe: Recipe, model: Union[nn.Module, str, Path], out_di
                     "results_file": str(result_path)})
     write_json(out_dir / METRICS_FILE, metrics)
     return metrics
+
+
+def evaluate_split(recipe: Recipe, model: Union[nn.Module, str, Path], out_dir: Union[str, Path],
+                   split: Optional[str] = None, max_frames: Optional[int] = None,
+                   model_cfg: Optional[ModelConfig] = None, render_curves: bool = False,
+                   progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
+    """The official metrics of the recipe's dataset: nuScenes DetectionEval (``evaluate_nuscenes``) or, on a
+    converted Waymo root, the Waymo metrics (``waymo_eval.evaluate_converted``); same arguments."""
+    if recipe.dataset.kind != "waymo":
+        return evaluate_nuscenes(recipe, model, out_dir, split, max_frames, model_cfg, render_curves, progress)
+    from itkd_cli.evaluate.waymo_eval import evaluate_converted
+
+    if not isinstance(model, nn.Module):
+        model, _ = load_model(model)
+    return evaluate_converted(recipe, model, out_dir, split, max_frames, model_cfg, progress)

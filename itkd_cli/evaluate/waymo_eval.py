@@ -23,6 +23,7 @@ from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.io import atomic_path, write_json
 from itkd_cli.core.types import Detections
 from itkd_cli.core.waymo_env import run_tool
+from itkd_cli.data.waymo import TYPE_NAMES, tfrecord_files
 from itkd_cli.models.decode import decode
 from itkd_cli.recipe.schema import ModelConfig, Recipe
 
@@ -40,16 +41,6 @@ def class_types(class_names: Sequence[str]) -> np.ndarray:
         raise ItkdError(f"dataset.class_names: {', '.join(map(repr, unknown))} not a Waymo object type",
                         hint="Waymo classes are Vehicle, Pedestrian, Sign, Cyclist")
     return np.array([WAYMO_TYPES[c.lower()] for c in class_names], np.uint8)
-
-
-def tfrecord_files(root: Union[str, Path]) -> list[Path]:
-    """A .tfrecord file, or every *.tfrecord in a folder (sorted)."""
-    path = Path(root)
-    files = sorted(path.glob("*.tfrecord")) if path.is_dir() else [path] if path.is_file() else []
-    if not files:
-        raise ItkdError(f"{path}: no Waymo .tfrecord file here",
-                        hint="--data-root takes a .tfrecord or a folder of them")
-    return files
 
 
 def summarize(raw: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
@@ -210,6 +201,61 @@ def evaluate_waymo(recipe: Recipe, model: nn.Module, data_root: Union[str, Path]
     metrics.update({"dataset": "waymo", "data_root": str(data_root), "frames_without_points":
                     sum(1 for e in frames if e["points"] == 0), "tfrecords_read": read,
                     "inference_s": round(infer_s, 3), "predictions_file": str(pred)})
+    write_json(out_dir / METRICS_FILE, metrics)
+    return metrics
+
+
+def _converted_ground_truth(path: Path, infos: Sequence[Mapping[str, Any]]) -> Path:
+    """Ground truth of converted frames (every labelled type, as the official tool scores them)."""
+    rows = [(i["context"], i["timestamp"], box[:7], name, n, level) for i in infos
+            for box, name, n, level in zip(i["gt_boxes"], i["gt_names"], i["num_lidar_pts"], i["difficulty"])]
+    types = np.array([TYPE_NAMES.index(r[3]) for r in rows], np.uint8)
+    num_points = np.array([r[4] for r in rows], np.int64)
+    level = np.array([r[5] for r in rows], np.int64)
+    # The official rule: a box without an annotated level is LEVEL_2 with <= 5 LiDAR points, else LEVEL_1.
+    difficulty = np.where(level == 0, np.where(num_points <= 5, 2, 1), level).astype(np.uint8)
+    np.savez(path, context=np.array([r[0] for r in rows], dtype=str), timestamp=np.array([r[1] for r in rows], np.int64),
+             boxes=np.array([r[2] for r in rows], np.float64).reshape(-1, 7), types=types, num_points=num_points,
+             difficulty=difficulty)
+    return path
+
+
+def evaluate_converted(recipe: Recipe, model: nn.Module, out_dir: Union[str, Path], split: Optional[str] = None,
+                       max_frames: Optional[int] = None, model_cfg: Optional[ModelConfig] = None,
+                       progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
+    """Run the model over a split of a converted Waymo root (``itkd data prepare --dataset waymo``) and score
+    it with the official Waymo metrics, as ``evaluate_waymo`` does for TFRecords.
+
+    Args:
+        recipe: dataset.root is the converted root; class names are Waymo types.
+        model: the detector in memory (its device is used, its mode kept).
+        out_dir: metrics.json, predictions_waymo.npz and the raw breakdown rows go here.
+        split: default dataset.val_split. max_frames: only the first N frames (default eval.max_frames).
+        model_cfg: the network's config when it differs from recipe.model (a student's).
+        progress: called with (frames done, frames total).
+
+    Returns:
+        metrics: mAP/mAPH at L1/L2 averaged over the recipe's classes, per_class, every breakdown row.
+    """
+    from itkd_cli.evaluate.run import predict_split
+
+    class_names = recipe.dataset.class_names
+    types = class_types(class_names)
+    split = split or recipe.dataset.val_split
+    max_frames = max_frames if max_frames is not None else recipe.eval.max_frames
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    dets, dataset = predict_split(model, recipe, split, model_cfg, max_frames, progress)
+    infer_s = time.perf_counter() - start
+    infos = [dataset.infos[i] for i in range(len(dataset)) if dataset.infos[i]["token"] in dets]
+    pred = write_predictions(out_dir / PREDICTIONS_FILE, [dets[i["token"]] for i in infos], infos, types)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        gt = _converted_ground_truth(Path(tmp) / "gt.npz", infos)
+        metrics = _metrics(pred, gt, out_dir, class_names)
+    metrics.update({"dataset": "waymo", "data_root": str(recipe.dataset.root), "split": split,
+                    "subset": len(infos) < len(dataset), "inference_s": round(infer_s, 3),
+                    "predictions_file": str(pred)})
     write_json(out_dir / METRICS_FILE, metrics)
     return metrics
 

@@ -20,7 +20,7 @@ from itkd_cli.distill.baselines import build_kd, kd_lambda, kd_term_weights
 from itkd_cli.distill.label_kd import LabelKD
 from itkd_cli.distill.step import distill_step_fn
 from itkd_cli.distill.teacher import FrozenTeacher, freeze_teacher
-from itkd_cli.evaluate.run import evaluate_nuscenes
+from itkd_cli.evaluate.run import evaluate_split
 from itkd_cli.models.checkpoint import LoadReport, save_checkpoint
 from itkd_cli.models.student import build_student
 from itkd_cli.models.teacher import load_teacher_model, teacher_recipe
@@ -101,7 +101,7 @@ def _teacher_metrics(recipe: Recipe, model: torch.nn.Module, teacher: Path, out_
         data = json.loads(cached.read_text())
         if data.get("cache_key") == key:
             return data
-    metrics = evaluate_nuscenes(recipe, model, out_dir / "eval_teacher", max_frames=max_frames,
+    metrics = evaluate_split(recipe, model, out_dir / "eval_teacher", max_frames=max_frames,
                                 model_cfg=recipe.model)
     metrics["cache_key"] = key
     write_json(cached, metrics)
@@ -130,7 +130,7 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
         log: status line printer.
     """
     out_dir = Path(out_dir)
-    gating.check_applicable(recipe.gates, "compress", "nuscenes", source="recipe")  # before any work
+    gating.check_applicable(recipe.gates, "compress", recipe.dataset.kind, source="recipe")  # before any work
     for warning in check_training_classes(recipe, teacher):  # no teacher class in the data: refused here
         log(f"warning: {warning}")
     distributed.setup()
@@ -160,7 +160,7 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
                                    epoch=done.epoch, step=done.step)
     log(f"wrote {student_ckpt} (student only: no teacher, no KD modules)")
     t_metrics = _teacher_metrics(recipe, run.teacher.eval_model, teacher, out_dir, max_eval_frames)
-    s_metrics = evaluate_nuscenes(s_recipe, run.student, out_dir / "eval_student", max_frames=max_eval_frames,
+    s_metrics = evaluate_split(s_recipe, run.student, out_dir / "eval_student", max_frames=max_eval_frames,
                                   model_cfg=run.student_cfg)
     curves = plot_curves(train_dir / "metrics.jsonl", out_dir / "curves.png",
                          f"{recipe.distill.method} student, ratio {recipe.student.ratio}")

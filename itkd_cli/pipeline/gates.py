@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from itkd_cli.core.errors import ItkdError, JobFailed
 from itkd_cli.core.io import write_json
+from itkd_cli.pipeline.report import headline_map, is_waymo
 from itkd_cli.recipe.schema import GatesConfig
 
 NAMES: tuple[str, ...] = tuple(GatesConfig.model_fields)
@@ -29,6 +30,7 @@ UNMEASURABLE: dict[tuple[str, str], dict[str, str]] = {
                                            "DetectionEval; gate on --min-map / --min-nds"},
     ("eval", "nuscenes"): {"min_maph": "mAPH is a Waymo metric; this evaluation is nuScenes (--min-map / --min-nds)",
                            "max_drop": _NO_TEACHER, "min_speedup": _NO_TEACHER},
+    ("compress", "waymo"): {"min_nds": "NDS is a nuScenes metric; gate Waymo on --min-maph (LEVEL_2) or --min-map"},
     ("eval", "waymo"): {"min_nds": "NDS is a nuScenes metric; gate Waymo on --min-maph (LEVEL_2) or --min-map",
                         "max_drop": _NO_TEACHER, "min_speedup": _NO_TEACHER},
 }
@@ -107,9 +109,12 @@ def _ratio(num: Any, den: Any) -> Optional[float]:
 def compress_values(report: Mapping[str, Any]) -> dict[str, tuple[str, Optional[float]]]:
     """{gate: (what is measured, value)} of a compress report: the student's numbers, and teacher vs student."""
     t, s = report.get("teacher", {}), report.get("student", {})
-    drop = t["mAP"] - s["mAP"] if t.get("mAP") is not None and s.get("mAP") is not None else None
-    return {"min_map": ("student mAP", s.get("mAP")), "min_nds": ("student NDS", s.get("NDS")),
-            "max_drop": ("mAP drop (teacher - student)", drop),
+    t_map, s_map = headline_map(t), headline_map(s)
+    drop = t_map - s_map if t_map is not None and s_map is not None else None
+    level = " LEVEL_2" if is_waymo(s) else ""
+    return {"min_map": (f"student mAP{level}", s_map), "min_nds": ("student NDS", s.get("NDS")),
+            "min_maph": ("student mAPH LEVEL_2", s.get("mAPH_L2")),
+            "max_drop": (f"mAP{level} drop (teacher - student)", drop),
             "min_speedup": ("latency teacher / student (CPU PyTorch eager)",
                             _ratio(t.get("latency_ms"), s.get("latency_ms"))),
             "max_params": ("student params", s.get("params"))}

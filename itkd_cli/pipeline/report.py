@@ -8,16 +8,26 @@ from typing import Any, Optional
 
 from itkd_cli.core.io import atomic_path
 
-# Rows of the comparison table: (label, key in a side's dict, format).
+# Rows of the comparison table: (label, key in a side's dict, format); then the dataset's accuracy rows.
 ROWS: tuple[tuple[str, str, str], ...] = (
     ("params", "params", "{:,.0f}"),
     ("MACs (G)", "gmacs", "{:.2f}"),
     ("CPU latency (ms)", "latency_ms", "{:.1f}"),
-    ("mAP", "mAP", "{:.4f}"),
-    ("NDS", "NDS", "{:.4f}"),
 )
-# Rows shown only when a side reports them (Waymo's official metric).
-OPTIONAL_ROWS: tuple[tuple[str, str, str], ...] = (("mAPH (LEVEL_2)", "mAPH_L2", "{:.4f}"),)
+NUSCENES_ROWS: tuple[tuple[str, str, str], ...] = (("mAP", "mAP", "{:.4f}"), ("NDS", "NDS", "{:.4f}"))
+WAYMO_ROWS: tuple[tuple[str, str, str], ...] = tuple(
+    (f"{m} ({level})", f"{m}_{key}", "{:.4f}") for key, level in (("L1", "LEVEL_1"), ("L2", "LEVEL_2"))
+    for m in ("mAP", "mAPH"))
+
+
+def is_waymo(side: dict[str, Any]) -> bool:
+    """Whether a side's metrics are the official Waymo metrics (else nuScenes DetectionEval's)."""
+    return side.get("dataset") == "waymo"
+
+
+def headline_map(side: dict[str, Any]) -> Optional[float]:
+    """The mAP a side is judged by (and --min-map gates): nuScenes mAP, or Waymo's LEVEL_2 mAP."""
+    return side.get("mAP_L2") if is_waymo(side) else side.get("mAP")
 
 
 # Below this teacher mAP a teacher-vs-student comparison compares two detectors that learned nothing.
@@ -31,7 +41,7 @@ def learned_nothing(score: Optional[float]) -> bool:
 
 def teacher_notes(teacher: dict[str, Any], split: str) -> list[str]:
     """Say so when the teacher scored (almost) nothing: it has nothing to teach, and every accuracy row is ~0."""
-    score = teacher.get("mAP")
+    score = headline_map(teacher)
     if not learned_nothing(score):
         return []
     return [f"the teacher scores mAP {score:.4f} on {split}: too little to distil from, so the accuracy rows "
@@ -64,8 +74,8 @@ def _fmt(value: Any, fmt: str) -> str:
 def comparison_rows(teacher: dict[str, Any], student: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(label, teacher, student, student/teacher) rows for the headline numbers."""
     rows = []
-    optional = [row for row in OPTIONAL_ROWS if teacher.get(row[1]) is not None or student.get(row[1]) is not None]
-    for label, key, fmt in (*ROWS, *optional):
+    accuracy = WAYMO_ROWS if is_waymo(teacher) or is_waymo(student) else NUSCENES_ROWS
+    for label, key, fmt in (*ROWS, *accuracy):
         t, s = teacher.get(key), student.get(key)
         ratio = f"{s / t:.3f}" if t and s is not None else "n/a"
         rows.append((label, _fmt(t, fmt), _fmt(s, fmt), ratio))
@@ -107,7 +117,7 @@ def plot_curves(metrics_jsonl: Path, out_png: Path, title: str) -> Optional[Path
     ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.set_title(title), ax.legend(fontsize=7)
     if evals:
         ax2 = axes[0][1]
-        for key in ("mAP", "NDS"):
+        for key in ("mAP", "NDS", "mAP_L2", "mAPH_L2"):
             pts = [(r["step"], r["eval"][key]) for r in evals if key in r["eval"]]
             if pts:
                 ax2.plot(*zip(*pts), marker="o", label=key)
@@ -120,11 +130,14 @@ def plot_curves(metrics_jsonl: Path, out_png: Path, title: str) -> Optional[Path
 
 
 def ap_per_class(teacher: dict[str, Any], student: dict[str, Any]) -> dict[str, list]:
-    """{classes, teacher, student}: the AP of every class either side reports (None where a side has none)."""
-    t_ap = {k: v.get("AP") for k, v in (teacher.get("per_class") or {}).items()}
-    s_ap = {k: v.get("AP") for k, v in (student.get("per_class") or {}).items()}
+    """{classes, teacher, student, metric}: the AP of every class either side reports (None where a side has
+    none); Waymo's is the LEVEL_2 APH, its official metric."""
+    key = "mAPH_L2" if is_waymo(teacher) or is_waymo(student) else "AP"
+    t_ap = {k: v.get(key) for k, v in (teacher.get("per_class") or {}).items()}
+    s_ap = {k: v.get(key) for k, v in (student.get("per_class") or {}).items()}
     names = list(dict.fromkeys([*t_ap, *s_ap]))
-    return {"classes": names, "teacher": [t_ap.get(n) for n in names], "student": [s_ap.get(n) for n in names]}
+    return {"classes": names, "teacher": [t_ap.get(n) for n in names], "student": [s_ap.get(n) for n in names],
+            "metric": "APH (LEVEL_2)" if key == "mAPH_L2" else "AP"}
 
 
 def plot_ap_per_class(report: dict[str, Any], out_png: Path) -> Optional[dict[str, list]]:
@@ -144,14 +157,14 @@ def plot_ap_per_class(report: dict[str, Any], out_png: Path) -> Optional[dict[st
     drawn = {}
     for side, shift, color in (("teacher", -0.2, "#4c72b0"), ("student", 0.2, "#dd8452")):
         heights = [v or 0.0 for v in data[side]]
-        score = report[side].get("mAP")
+        score = headline_map(report[side])
         label = f"{side} (mAP {score:.3f})" if score is not None else side
         bars = ax.bar([i + shift for i in x], heights, width=0.4, label=label, color=color)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
         drawn[side] = [float(b.get_height()) for b in bars]
     ax.set_xticks(x, data["classes"], rotation=30, ha="right")
     ax.set_ylim(0, max(1e-3, *drawn["teacher"], *drawn["student"]) * 1.15)
-    ax.set_ylabel("AP"), ax.set_title(f"AP per class on {report.get('split', 'val')}: teacher vs student")
+    ax.set_ylabel(data["metric"]), ax.set_title(f"{data['metric']} per class on {report.get('split', 'val')}: teacher vs student")
     ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(out_png) as tmp:

@@ -16,7 +16,9 @@ from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.io import write_json, write_text
 from itkd_cli.pipeline.gates import FLAGS, show_value
 from itkd_cli.pipeline.page import Block, Bullets, Code, Heading, Image, Para, Table, to_html, to_markdown
-from itkd_cli.pipeline.report import comparison_rows, per_class_rows, plot_ap_per_class, read_metrics_log
+from itkd_cli.pipeline.report import (
+    comparison_rows, is_waymo, per_class_rows, plot_ap_per_class, read_metrics_log,
+)
 
 FORMATS = ("md", "html")
 AP_CHART = "ap_per_class.png"
@@ -79,12 +81,13 @@ def _comparison(report: dict[str, Any]) -> list[Block]:
             Table(["", "teacher", "student", "student / teacher"], comparison_rows(t, s)),
             Para(f"Params and MACs of one forward; latency: median of 5 CPU PyTorch eager forwards (batch 1, "
                  f"after one warm-up) on the first val frame{where}, both networks in the same process. "
-                 "mAP / NDS: the official nuScenes DetectionEval (detection_cvpr_2019).")]
+                 + ("mAP / mAPH: the official Waymo detection metrics (LEVEL_1 / LEVEL_2)." if is_waymo(s) else
+                    "mAP / NDS: the official nuScenes DetectionEval (detection_cvpr_2019)."))]
 
 
 def _per_class(report: dict[str, Any], chart: Optional[Path]) -> list[Block]:
     rows = per_class_rows(report["teacher"], report["student"])
-    blocks: list[Block] = [Heading("AP per class")]
+    blocks: list[Block] = [Heading("APH (LEVEL_2) per class" if is_waymo(report["student"]) else "AP per class")]
     if chart is not None:
         blocks.append(Image(chart, "AP per class, teacher vs student"))
     return blocks + ([Table(["class", "teacher", "student"], rows)] if rows else [Para("No per-class AP reported.")])

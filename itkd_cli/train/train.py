@@ -11,6 +11,7 @@ import torch
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.io import write_text
 from itkd_cli.core.types import Batch
+from itkd_cli.data.waymo import read_manifest
 from itkd_cli.recipe.load import dump_yaml
 from itkd_cli.recipe.schema import Recipe
 from itkd_cli.train import distributed
@@ -26,8 +27,9 @@ def check_dataset(recipe: Recipe) -> None:
         ItkdError: the dataset folder is missing (with the command that creates the synthetic one).
     """
     cfg = recipe.dataset
-    if cfg.kind != "nuscenes":
-        raise ItkdError(f"dataset.kind: training reads nuScenes-format data only, got {cfg.kind!r}")
+    if cfg.kind == "waymo":
+        read_manifest(cfg.root)  # a root not converted (or by another version) is named with the command to fix it
+        return
     folder = Path(cfg.root) / cfg.version
     if not folder.is_dir():
         hint = (f"run `itkd data synth --out {cfg.root}` to write the synthetic world"

@@ -93,9 +93,9 @@ def test_waymo_rejects_a_checkpoint_of_other_classes(tmp_path: Path, checkpoint:
 
 def test_waymo_data_root_without_tfrecords(tmp_path: Path) -> None:
     from itkd_cli.core.errors import ItkdError
-    from itkd_cli.evaluate.waymo_eval import tfrecord_files
+    from itkd_cli.data.waymo import tfrecord_files
 
-    with pytest.raises(ItkdError, match="no Waymo .tfrecord file here"):
+    with pytest.raises(ItkdError, match="folder holds no .tfrecord file"):
         tfrecord_files(tmp_path)
     (tmp_path / "a.tfrecord").write_bytes(b"")
     assert tfrecord_files(tmp_path) == [tmp_path / "a.tfrecord"]

@@ -31,14 +31,33 @@ class Scan(NamedTuple):
     visibility: np.ndarray
 
 
-class Lidar:
-    """The sensor's ray grid and noise model for one preset."""
+class RangeImage(NamedTuple):
+    """One sweep as the sensor's (beams, azimuths) grid, beams in ascending elevation.
 
-    def __init__(self, preset: Preset) -> None:
+    range: (B, A) float64 measured distance (m), -1 where there is no return (Waymo's convention).
+    intensity: (B, A) float64, 0 where there is no return.
+    visibility: as in Scan.
+    """
+
+    range: np.ndarray
+    intensity: np.ndarray
+    visibility: np.ndarray
+
+
+class Lidar:
+    """The sensor's ray grid and noise model for one preset.
+
+    Args:
+        preset: beams, elevation span, azimuth step, range and noise.
+        azimuth_offset: azimuth (rad) of the first column; column k looks at offset + k * step.
+    """
+
+    def __init__(self, preset: Preset, azimuth_offset: float = 0.0) -> None:
         self.p = preset
         self.elev = np.deg2rad(np.linspace(*preset.elevation_deg, preset.beams))
         self.step = np.deg2rad(preset.azimuth_step_deg)
-        self.azim = np.arange(int(round(2 * np.pi / self.step))) * self.step
+        self.offset = azimuth_offset
+        self.azim = np.arange(int(round(2 * np.pi / self.step))) * self.step + azimuth_offset
         ce, se = np.cos(self.elev)[:, None], np.sin(self.elev)[:, None]
         self.dirs = np.stack(np.broadcast_arrays(ce * np.cos(self.azim), ce * np.sin(self.azim), se), -1)
 
@@ -56,6 +75,18 @@ class Lidar:
         Returns:
             The points in the sensor frame and per-thing visibility.
         """
+        depth, refl, visibility = self._hits(things, poses, rot, origin, rng)
+        return Scan(self._returns(depth, refl, rng), visibility)
+
+    def image(self, things: list[Thing], poses: np.ndarray, rot: np.ndarray, origin: np.ndarray,
+              rng: np.random.Generator) -> RangeImage:
+        """Render one sweep as a range image (same arguments and randomness as ``scan``)."""
+        depth, refl, visibility = self._hits(things, poses, rot, origin, rng)
+        measured, intensity, keep = self._measure(depth, refl, rng)
+        return RangeImage(np.where(keep, measured, -1.0), np.where(keep, intensity, 0.0), visibility)
+
+    def _hits(self, things, poses, rot, origin, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Noise-free distance and reflectivity of the first hit of every ray, (B, A) each; visibility (T,)."""
         dirs = (self.dirs @ rot.T).reshape(-1, 3)  # (B * A, 3) in the scene frame
         ground, refl = self._ground(dirs, origin)
         rays, tid = self._pairs(things, poses, rot, origin, ground)
@@ -73,7 +104,7 @@ class Lidar:
         with np.errstate(invalid="ignore", divide="ignore"):
             visibility = np.where(unoccluded > 0, seen / unoccluded, np.nan)
         shape = self.dirs.shape[:2]
-        return Scan(self._returns(depth.reshape(shape), refl.reshape(shape), rng), visibility)
+        return depth.reshape(shape), refl.reshape(shape), visibility
 
     def _ground(self, dirs: np.ndarray, origin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Hits on the flat ground z = 0, with intensity by surface (road, markings, sidewalk, grass)."""
@@ -105,8 +136,8 @@ class Lidar:
         az = np.arctan2(sensor[..., 1], sensor[..., 0])
         centre = np.arctan2(sensor[..., 1].mean(1), sensor[..., 0].mean(1))
         da = np.angle(np.exp(1j * (az - centre[:, None])))
-        a0 = np.floor((centre + da.min(1)) / self.step).astype(int)
-        a1 = np.ceil((centre + da.max(1)) / self.step).astype(int)
+        a0 = np.floor((centre + da.min(1) - self.offset) / self.step).astype(int)
+        a1 = np.ceil((centre + da.max(1) - self.offset) / self.step).astype(int)
         d_max = np.linalg.norm(world[..., :2], axis=2).max(1)
         top, bottom = poses[:, 2] + half[:, 2] - origin[2], poses[:, 2] - half[:, 2] - origin[2]
         e_hi = np.arctan2(top, np.where(top > 0, d_min, d_max)) + ELEVATION_MARGIN
@@ -122,18 +153,23 @@ class Lidar:
             tid.append(np.full(len(idx), i, dtype=np.int64))
         return np.concatenate(rays), np.concatenate(tid)
 
-    def _returns(self, depth: np.ndarray, refl: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Noise, dropout and intensity; (N, 5) float32 points in the sensor frame."""
+    def _measure(self, depth: np.ndarray, refl: np.ndarray,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Noise, dropout and intensity of every ray: (measured range, intensity 0-255, kept), (B, A) each."""
         p = self.p
         rel = np.clip(np.where(np.isfinite(depth), depth, 0.0) / p.max_range, 0.0, 1.0)
         noise = rng.normal(0.0, p.range_noise, depth.shape)
         drop = rng.random(depth.shape) < p.dropout + 0.15 * rel**2  # weak far returns get lost more
         keep = np.isfinite(depth) & (depth >= MIN_RANGE) & (depth <= p.max_range) & ~drop
-        r = (depth + noise)[keep]
         intensity = refl * (1.0 - 0.4 * rel) * rng.lognormal(0.0, 0.2, depth.shape)
+        return depth + noise, np.clip(intensity, 0.0, 255.0), keep
+
+    def _returns(self, depth: np.ndarray, refl: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(N, 5) float32 points x, y, z, intensity, ring in the sensor frame."""
+        measured, intensity, keep = self._measure(depth, refl, rng)
         ring = np.broadcast_to(np.arange(len(self.elev), dtype=np.float64)[:, None], depth.shape)
-        xyz = self.dirs[keep] * r[:, None]
-        pts = np.column_stack([xyz, np.clip(intensity[keep], 0.0, 255.0), ring[keep]])
+        xyz = self.dirs[keep] * measured[keep][:, None]
+        pts = np.column_stack([xyz, intensity[keep], ring[keep]])
         return pts.astype(np.float32)
 
 

@@ -15,22 +15,28 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from itkd_cli.core.errors import ItkdError
+from itkd_cli.core.waymo_env import waymo_python
 from itkd_cli.data.synth import staging
 from itkd_cli.data.synth.lidar import Lidar
 from itkd_cli.data.synth.presets import Preset, get_preset
 from itkd_cli.data.synth.scene import SceneRenderer, sweep_times
+from itkd_cli.data.synth.waymo_writer import render_waymo
 from itkd_cli.data.synth.writer import CHANNEL, VERSION, static_tables, token, write_tables
 
 MARKER = ".itkd-synth.json"
 FORMAT = 1  # bump when the generator's output changes for the same arguments
 # Custom split names: the devkit treats 'train'/'val' as the official nuScenes scene lists.
 TRAIN_SPLIT, VAL_SPLIT = "synth_train", "synth_val"
+LAYOUTS = ("nuscenes", "waymo")
 
 Progress = Callable[[int, int], None]
 
 
-def _resolve(preset: str, scenes: Optional[int], frames: Optional[int], seed: int) -> tuple[Preset, dict]:
+def _resolve(preset: str, scenes: Optional[int], frames: Optional[int], seed: int,
+             layout: str = "nuscenes") -> tuple[Preset, dict]:
     """Check the arguments and return the preset and the full argument record."""
+    if layout not in LAYOUTS:
+        raise ItkdError(f"--format {layout}: expected one of {', '.join(LAYOUTS)}")
     p = get_preset(preset)
     scenes = p.scenes if scenes is None else scenes
     frames = p.frames if frames is None else frames
@@ -41,7 +47,9 @@ def _resolve(preset: str, scenes: Optional[int], frames: Optional[int], seed: in
     if seed < 0:
         raise ItkdError(f"--seed: {seed} must be >= 0")
     val = min(scenes - 1, max(1, round(scenes * p.val_scenes / p.scenes)))
-    return p, {"format": FORMAT, "preset": p.name, "scenes": scenes, "frames": frames, "seed": seed, "val_scenes": val}
+    args = {"format": FORMAT, "preset": p.name, "scenes": scenes, "frames": frames, "seed": seed, "val_scenes": val}
+    # Only a Waymo world records its layout, so that nuScenes worlds written before it stay reusable.
+    return p, args if layout == "nuscenes" else {**args, "layout": layout}
 
 
 def _describe(args: object) -> str:
@@ -49,6 +57,7 @@ def _describe(args: object) -> str:
     if not isinstance(args, dict):
         return "unknown"
     flags = " ".join(f"--{k} {args[k]}" for k in ("preset", "scenes", "frames", "seed") if k in args)
+    flags += f" --format {args.get('layout', 'nuscenes')}"
     return f"{flags}, generator format {args.get('format')}"
 
 
@@ -115,8 +124,9 @@ def _render_all(tmp: Path, p: Preset, args: dict, progress: Optional[Progress]) 
 
 
 def generate(out: str | Path, scenes: Optional[int] = None, frames: Optional[int] = None, seed: int = 0,
-             preset: str = "default", progress: Optional[Progress] = None) -> dict:
-    """Write the synthetic world as a nuScenes dataset (version folder `v1.0-synth`) under `out`.
+             preset: str = "default", progress: Optional[Progress] = None, layout: str = "nuscenes") -> dict:
+    """Write the synthetic world as a nuScenes dataset (version folder `v1.0-synth`) under `out`, or with
+    ``layout="waymo"`` as Waymo segments (`training/` and `validation/` TFRecords, written by the Waymo venv).
 
     Args:
         out: Dataset root to create (must be absent, empty, or a finished run of the same arguments).
@@ -125,6 +135,7 @@ def generate(out: str | Path, scenes: Optional[int] = None, frames: Optional[int
         seed: Random seed; the same seed gives byte-identical files.
         preset: Preset name (see presets.py).
         progress: Optional callable(sweeps_done, sweeps_total).
+        layout: "nuscenes" or "waymo".
 
     Returns:
         Summary dict: out, version, counts, points per keyframe, split sizes, seconds, reused, the staging
@@ -133,7 +144,9 @@ def generate(out: str | Path, scenes: Optional[int] = None, frames: Optional[int
     Raises:
         ItkdError: bad arguments, `out` is taken by something else, or writing failed (nothing is kept).
     """
-    p, args = _resolve(preset, scenes, frames, seed)
+    p, args = _resolve(preset, scenes, frames, seed, layout)
+    if layout == "waymo":
+        waymo_python()  # no Waymo venv: one line naming the command that makes it, before any rendering
     out = Path(out)
     stored = _existing(out, args)
     # before the reuse shortcut too: a killed run's staging folder goes whatever this run does
@@ -147,7 +160,10 @@ def generate(out: str | Path, scenes: Optional[int] = None, frames: Optional[int
     except OSError as exc:
         raise ItkdError(f"{out}: cannot write here ({exc.strerror or exc})") from None
     try:
-        summary = _render_all(tmp, p, args, progress)
+        if layout == "waymo":
+            summary = render_waymo(tmp, p, args, progress)
+        else:
+            summary = _render_all(tmp, p, args, progress)
         (tmp / MARKER).write_text(json.dumps({"args": args, "summary": summary}, indent=2) + "\n")
         staging.finish(tmp, out)
     except OSError as exc:  # disk full, quota, or `out` filled by someone else meanwhile
