@@ -18,9 +18,11 @@ SPARSE_NOTE = ("The sparse 3D encoder (MeanVFE + spconv VoxelBackBone8x + Height
                "graph: sparse 3D convolution has no standard ONNX form. Run it with an spconv/TensorRT sparse-conv "
                "plugin or a CUDA-CenterPoint-like runtime, then feed its HeightCompression output here as "
                "'bev' (1, C, H, W) float32, C = conv_out channels x remaining z cells (channel-major, then z).")
-DECODE_NOTE = ("In-graph decoding is top-K only: per task K = min(post.pre_max, n_classes * H * W) peaks of "
-               "sigmoid(hm), no score threshold and no NMS. Apply post.score_threshold, post.limit_range, the "
-               "per-task NMS (post.nms, post.nms_iou) and post.post_max yourself.")
+DECODE_NOTE = ("In-graph decoding is top-K only: per task K = min(post.top_k, n_classes * H * W) peaks of "
+               "sigmoid(hm) (3x3 local maxima only when post.nms is circle), no score threshold and no NMS. Then, "
+               "per task and in this order (OpenPCDet's): drop scores <= post.score_threshold and centres outside "
+               "post.limit_range, keep the post.pre_max best (not for circle NMS), NMS (post.nms, post.nms_iou), "
+               "keep the first post.post_max.")
 
 
 def _field_meaning(field: str, n_classes: int) -> str:
@@ -65,7 +67,7 @@ def output_spec(recipe: Recipe, with_decode: bool) -> dict[str, dict[str, Any]]:
     """Name -> shape and meaning of every graph output."""
     m = recipe.model
     if with_decode:
-        k = sum(min(m.post.pre_max, len(t) * m.head_map_size[0] * m.head_map_size[1]) for t in m.head.tasks)
+        k = sum(min(m.post.top_k, len(t) * m.head_map_size[0] * m.head_map_size[1]) for t in m.head.tasks)
         spec = {"boxes": [k, 9], "scores": [k], "labels": [k]}
         meaning = {"boxes": "x, y, z, dx, dy, dz, yaw, vx, vy (LiDAR frame; vx = vy = 0 without velocity head)",
                    "scores": "sigmoid heatmap peak score, best first inside each task",

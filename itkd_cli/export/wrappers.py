@@ -4,7 +4,8 @@ Two graphs exist:
   * pillar models: pillar tensors (P, max_points, F), (P,), (P, 4) -> PillarVFE -> scatter -> neck -> heads;
   * voxel models: only the dense part, BEV map (1, C, H, W) -> neck -> heads (the sparse 3D encoder has no
     standard ONNX form, see docs/interop.md).
-Either graph can end with top-K decoding (no NMS) so it returns boxes, scores and labels.
+Either graph can end with top-K decoding (``decode_task``: post.top_k peaks per task, no threshold, no NMS)
+so it returns boxes, scores and labels.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class TopKDecode(nn.Module):
     Uses the same ``decode_task`` as evaluation, so PyTorch and the graph decode identically.
 
     Args:
-        model_cfg: grid, head stride and ``post.pre_max`` (K per task).
+        model_cfg: grid, head stride and ``post.top_k`` (K per task; circle NMS adds decode's 3x3 peak filter).
         class_names: dataset classes; labels are 0-based indices into them.
     """
 
@@ -78,7 +79,7 @@ class TopKDecode(nn.Module):
     def forward(self, tasks: tuple[TaskHeadOutput, ...]) -> tuple[Tensor, Tensor, Tensor]:
         """Batch-1 head maps -> boxes (K, 9) x,y,z,dx,dy,dz,yaw,vx,vy; scores (K,); labels (K,) int64.
 
-        K = sum over tasks of min(pre_max, n_classes * H * W); rows are task-major, best score first
+        K = sum over tasks of min(post.top_k, n_classes * H * W); rows are task-major, best score first
         inside each task.
         """
         boxes, scores, labels = [], [], []

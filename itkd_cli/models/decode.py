@@ -1,7 +1,10 @@
 """CenterPoint decoding: heatmap peaks -> boxes -> per-task NMS -> Detections per frame.
 
-Follows OpenPCDet's CenterHead.generate_predicted_boxes (top-K over classes x cells, box decode,
-score threshold, centre range limit, class-agnostic NMS inside each task, post_max per task).
+Follows OpenPCDet's CenterHead.generate_predicted_boxes, per task: the post.top_k best peaks over classes x
+cells (centernet_utils.decode_bbox_from_heatmap, K = MAX_OBJ_PER_SAMPLE) decoded into boxes; score threshold
+and centre range limit; the post.pre_max best of those (NMS_PRE_MAXSIZE); class-agnostic NMS; the first
+post.post_max kept (NMS_POST_MAXSIZE) (model_nms_utils.class_agnostic_nms). With circle NMS, as OpenPCDet's
+circle_nms branch: only 3x3 heatmap maxima compete for top_k and no pre_max cut (class_agnostic_nms is skipped).
 """
 
 from __future__ import annotations
@@ -34,21 +37,23 @@ def _gather(maps: Tensor, cell: Tensor) -> Tensor:
 
 
 def decode_task(task: TaskHeadOutput, model_cfg: ModelConfig, peak_filter: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """Top-K peaks of one task head decoded into boxes (before threshold and NMS).
+    """The post.top_k best heatmap peaks of one task head decoded into boxes (before threshold and NMS).
 
     Args:
         task: raw head maps, heatmap (B, n, H, W).
-        model_cfg: gives the grid origin, voxel size, head stride and post.pre_max.
-        peak_filter: keep only 3x3 local maxima of the heatmap (CenterNet-style) before top-K.
+        model_cfg: gives the grid origin, voxel size, head stride and post (top_k, nms).
+        peak_filter: keep only 3x3 local maxima of the heatmap (CenterNet-style) before top-K; always on
+            with circle NMS (OpenPCDet max-pools the heatmap in its circle_nms branch).
 
     Returns:
-        boxes (B, K, 9) x, y, z, dx, dy, dz, yaw, vx, vy; scores (B, K); cls (B, K) index in the task.
+        boxes (B, K, 9) x, y, z, dx, dy, dz, yaw, vx, vy; scores (B, K), best first; cls (B, K) index in the
+        task. K = min(post.top_k, n * H * W).
     """
     heat = torch.sigmoid(task.hm.float())
-    if peak_filter:
+    if peak_filter or model_cfg.post.nms == "circle":
         heat = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)
     bsz, n_cls, h, w = heat.shape
-    k = min(model_cfg.post.pre_max, n_cls * h * w)
+    k = min(model_cfg.post.top_k, n_cls * h * w)
     scores, idx = heat.reshape(bsz, -1).topk(k, dim=1)
     cls, cell = idx // (h * w), idx % (h * w)
     ys, xs = (cell // w).to(heat.dtype), (cell % w).to(heat.dtype)
@@ -69,10 +74,11 @@ def decode_task(task: TaskHeadOutput, model_cfg: ModelConfig, peak_filter: bool 
 
 
 def _select(boxes: Tensor, scores: Tensor, post: PostProcessConfig) -> Tensor:
-    """Indices kept after threshold, range limit, NMS and post_max for one frame of one task.
+    """Indices kept for one frame of one task, in OpenPCDet's order: score threshold and range limit, then
+    the pre_max best (not for circle NMS), then NMS, then the first post_max.
 
     Args:
-        boxes: (K, 9).
+        boxes: (K, 9) top_k decoded peaks.
         scores: (K,).
         post: thresholds and NMS settings.
 
@@ -82,6 +88,8 @@ def _select(boxes: Tensor, scores: Tensor, post: PostProcessConfig) -> Tensor:
     lim = torch.tensor(post.limit_range, dtype=boxes.dtype, device=boxes.device)
     ok = (scores > post.score_threshold) & (boxes[:, :3] >= lim[:3]).all(1) & (boxes[:, :3] <= lim[3:]).all(1)
     cand = torch.nonzero(ok, as_tuple=True)[0]
+    if post.nms != "circle":  # OpenPCDet's circle branch never calls class_agnostic_nms, which makes this cut
+        cand = cand[scores[cand].argsort(descending=True, stable=True)[: post.pre_max]]
     if post.nms == "rotated":
         keep = rotated_nms(boxes[cand], scores[cand], post.nms_iou, post.post_max)
     elif post.nms == "circle":
@@ -115,7 +123,7 @@ def decode(output: DetectorOutput, model_cfg: ModelConfig, class_names: Sequence
         output: DetectorOutput with one TaskHeadOutput per task in model_cfg.head.tasks.
         model_cfg: model recipe (grid, head tasks, post-processing).
         class_names: dataset class names; labels index into it (0-based).
-        peak_filter: apply a 3x3 max-pool peak filter before top-K.
+        peak_filter: apply a 3x3 max-pool peak filter before top-K (always on with circle NMS).
 
     Returns:
         B Detections: boxes (K, 9), scores (K,), labels (K,) int64, on the output's device.

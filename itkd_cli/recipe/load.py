@@ -266,7 +266,12 @@ def apply_flags(recipe: Recipe, flags: Iterable[str]) -> Recipe:
 
 
 def recipe_from_dict(data: dict[str, Any], source: str = "checkpoint") -> Recipe:
-    """Rebuild a recipe stored inside a checkpoint or report (one of an earlier itkd too: ``drop_legacy``)."""
+    """Rebuild a recipe stored inside a checkpoint or report (one of an earlier itkd too: ``drop_legacy``).
+
+    A ``model.post`` stored before ``top_k`` existed decoded its ``pre_max`` best peaks straight into NMS. Its
+    ``pre_max`` loads as it is, now the cut before NMS, and ``top_k`` takes OpenPCDet's 500: the built-in
+    recipes' pre_max were OpenPCDet's NMS_PRE_MAXSIZE, so their old checkpoints now decode as upstream.
+    """
     return validate(drop_legacy(data), source)
 
 

@@ -144,14 +144,15 @@ class HeadConfig(Strict):
 
 
 class PostProcessConfig(Strict):
-    score_threshold: float = Field(0.1, ge=0, le=1, description="Drop boxes scoring below this.")
-    pre_max: int = Field(1000, ge=1, description="Top-K peaks per task before NMS.")
-    post_max: int = Field(83, ge=1, description="Boxes kept per task after NMS.")
-    nms: Literal["rotated", "circle", "none"] = Field("rotated", description="NMS kind inside each task.")
-    nms_iou: float = Field(0.2, ge=0, le=1, description="Rotated BEV IoU threshold.")
+    top_k: int = Field(500, ge=1, description="Heatmap peaks decoded per task, over its classes (OpenPCDet MAX_OBJ_PER_SAMPLE).")
+    score_threshold: float = Field(0.1, ge=0, le=1, description="Drop peaks scoring at or below this (OpenPCDet SCORE_THRESH).")
+    pre_max: int = Field(1000, ge=1, description="Best boxes per task, after threshold and range, entering NMS (NMS_PRE_MAXSIZE).")
+    post_max: int = Field(83, ge=1, description="Boxes kept per task after NMS (OpenPCDet NMS_POST_MAXSIZE).")
+    nms: Literal["rotated", "circle", "none"] = Field("rotated", description="NMS in each task; circle: 3x3 peaks, no pre_max cut.")
+    nms_iou: float = Field(0.2, ge=0, le=1, description="Rotated BEV IoU threshold (OpenPCDet NMS_THRESH).")
     circle_radius: float = Field(4.0, gt=0, description="Circle-NMS centre distance (m).")
     limit_range: tuple[float, float, float, float, float, float] = Field(
-        (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0), description="Boxes outside are dropped.")
+        (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0), description="Boxes centred outside are dropped (POST_CENTER_LIMIT_RANGE).")
 
 
 class ModelConfig(Strict):

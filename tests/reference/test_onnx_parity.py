@@ -45,7 +45,7 @@ def test_pillar_with_decode_returns_topk_boxes_matching_pytorch(tmp_path):
     assert res.info["outputs"] == ["boxes", "scores", "labels"]
     for r in res.reports:
         shapes = {o.name: o.ort_shape for o in r.outputs}
-        assert shapes == {"boxes": (200, 9), "scores": (200,), "labels": (200,)}  # 2 tasks x pre_max 100
+        assert shapes == {"boxes": (200, 9), "scores": (200,), "labels": (200,)}  # 2 tasks x top_k 100
         assert max(o.max_abs for o in r.outputs if o.name != "boxes") < 1e-4
         assert r.decoded.torch_count == r.decoded.ort_count and r.decoded.unexplained == 0
     assert "no NMS" in res.card.read_text()

@@ -15,7 +15,7 @@ import torch
 SPLIT = "synth_val"
 
 _DATA = ["dataset.version=v1.0-synth", "dataset.class_names=[car, pedestrian]",
-         "model.head.tasks=[[car], [pedestrian]]", "model.post.pre_max=100"]
+         "model.head.tasks=[[car], [pedestrian]]", "model.post.top_k=100"]
 PILLAR = ["model.grid.point_range=[-20.48, -20.48, -5.0, 20.48, 20.48, 3.0]", "model.grid.voxel_size=[0.32, 0.32, 8.0]", "model.vfe.filters=[16, 16]",
           "model.backbone_2d.layer_nums=[1, 1]", "model.backbone_2d.layer_strides=[2, 2]",
           "model.backbone_2d.num_filters=[16, 32]", "model.backbone_2d.upsample_strides=[1, 2]",
