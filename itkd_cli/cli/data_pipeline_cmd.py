@@ -52,16 +52,29 @@ def inspect(
     version: Optional[str] = typer.Option(None, "--version",
                                           help="Version folder, e.g. v1.0-mini (default: the only one under --data-root)."),
     split: Optional[str] = typer.Option(None, "--split", help="Split name (default: every sample)."),
+    balanced: bool = typer.Option(False, "--balanced", help="Also count frames and boxes per class before and after "
+                                  "class-balanced resampling (dataset.balanced_resampling), as training draws them."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="With --balanced: the train.seed of the draw "
+                                       "(default: train.seed's default)."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="With --balanced: dataset.class_names, comma-"
+                                          "separated (default: nuScenes' 10 detection classes)."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Frames, boxes per class, and points found in each box vs the table's num_lidar_pts."""
+    """Frames, boxes per class, points found in each box vs num_lidar_pts (and with --balanced, CBGS counts)."""
     from itkd_cli.data.infos import only_version
     from itkd_cli.data.inspect import inspect_dataset
+    from itkd_cli.recipe.schema import NUSCENES_CLASSES, TrainConfig
 
     if dataset != "nuscenes":
         raise ItkdError(f"--dataset: {dataset!r} is not supported (only nuscenes)")
+    if not balanced and (seed is not None or classes is not None):
+        raise ItkdError("--seed / --classes: only used with --balanced", hint="add --balanced")
+    names = list(NUSCENES_CLASSES) if classes is None else [c.strip() for c in classes.split(",") if c.strip()]
+    if not names:
+        raise ItkdError(f"--classes: {classes!r} names no class", hint="e.g. --classes car,pedestrian")
+    draw = (names, TrainConfig.model_fields["seed"].default if seed is None else seed) if balanced else None
     version = version or only_version(data_root)
-    result = inspect_dataset(data_root, version, split)
+    result = inspect_dataset(data_root, version, split, draw)
     if json_out:
         emit_json(result)
         return
@@ -77,6 +90,15 @@ def inspect(
                          str(ann["points_found_global"]))
     if rows.row_count:
         console.print(rows)
+    if draw is not None:
+        bal = result["balanced"]
+        before, after = bal["before"], bal["after"]
+        cbgs = Table("class", "frames before", "boxes before", "frames after", "boxes after", title=(
+            f"class-balanced resampling, seed {bal['seed']}: {before['frames']} -> {after['frames']} frames"))
+        for name in bal["class_names"]:
+            b, a = before["classes"][name], after["classes"][name]
+            cbgs.add_row(name, str(b["frames"]), str(b["boxes"]), str(a["frames"]), str(a["boxes"]))
+        console.print(cbgs)
     n = result["total"]
     show_result(f"in-box point counts vs num_lidar_pts: LiDAR-frame boxes (as trained) {result['exact']}/{n} exact, "
         f"{result['within_2']}/{n} within 2; global-frame boxes {result['exact_global']}/{n} exact, "

@@ -57,6 +57,10 @@ class NuScenesDataset(Dataset):
         if cfg.kind != "nuscenes":
             raise ItkdError(f"dataset.kind: {cfg.kind!r} frames cannot be read here (nuScenes format only)")
         self.infos = load_infos(cfg, split)
+        if train and cfg.balanced_resampling:  # CBGS: drawn once from train.seed, so a resume rebuilds this list
+            from itkd_cli.data.balance import balanced_indices
+
+            self.infos = [self.infos[i] for i in balanced_indices(self.infos, cfg.class_names, recipe.train.seed, split)]
         self._index = info_index(self.infos)
         self.voxelizer = Voxelizer(recipe.model, train)
         self.epoch = 0

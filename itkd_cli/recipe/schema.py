@@ -44,6 +44,7 @@ class DatasetConfig(Strict):
     sweeps: int = Field(1, ge=1, le=20, description="LiDAR sweeps per frame, the keyframe included.")
     max_sweep_lag: float = Field(0.55, gt=0, description="Oldest sweep allowed (s) before the keyframe.")
     class_names: list[str] = Field(list(NUSCENES_CLASSES), min_length=1, description="Detection classes, in label order.")
+    balanced_resampling: bool = Field(False, description="Class-balanced resampling (CBGS) of the train split, seeded by train.seed.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Training-time augmentation.")
     workers: int = Field(2, ge=0, description="DataLoader worker processes.")
     cache_dir: Optional[str] = Field(None, description="Info-cache folder; default <root>/itkd_cache.")
