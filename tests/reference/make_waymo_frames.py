@@ -1,113 +1,130 @@
-"""Write Waymo Frames with a real range image, for the Waymo tests (run by the Waymo venv's python).
+"""Synthetic Waymo frames with known range images, as the arrays that `waymo_tool write` turns into Frames.
 
-    python make_waymo_frames.py OUT.tfrecord OUT.json
-
-One TOP laser (identity extrinsic and pixel poses, explicit beam inclinations) sees three labelled boxes (a vehicle,
-a pedestrian, a cyclist) per frame; pixels are ray-cast against the boxes, the range image and the
-camera projections are zlib-compressed MatrixFloat / MatrixInt32 as in the released data. The right
-half of the cyclist's pixels is marked as a no-label zone. The JSON records what a reader must find.
+Numpy only: the Waymo tests import it in itkd's venv, cast rays against boxes, save the arrays with
+`save_frames` and call `run_tool("write", RECORD, FOLDER)`. Rays follow frame_utils' convention: row 0 is
+the highest beam, column c looks at vehicle azimuth (2 (W - c - 0.5) / W - 1) pi (range_image_utils
+subtracts the extrinsic's yaw from it in the sensor frame), uniform beams sit at the centres of H equal
+steps between min and max (range_image_utils.compute_inclination).
 """
 
 from __future__ import annotations
 
 import json
-import sys
-import zlib
+from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
-from waymo_open_dataset import dataset_pb2, label_pb2
 
-HEIGHT, WIDTH = 24, 720
-INCLINATIONS = np.linspace(-0.25, 0.05, HEIGHT)  # ascending, as stored in the calibration
-# x, y, z, length, width, height, heading; type
-OBJECTS = [((14.0, 1.0, 0.8, 4.5, 2.0, 1.6, 0.3), label_pb2.Label.TYPE_VEHICLE),
-           ((9.0, 6.0, 0.9, 0.8, 0.8, 1.8, 1.0), label_pb2.Label.TYPE_PEDESTRIAN),
-           ((11.0, -7.0, 0.85, 1.8, 0.7, 1.7, -0.6), label_pb2.Label.TYPE_CYCLIST)]
+TOP, FRONT = 1, 2  # dataset_pb2.LaserName
+VEHICLE, PEDESTRIAN, CYCLIST = 1, 2, 4  # label_pb2.Label.Type
 
 
-def ray_directions() -> np.ndarray:
-    """(H, W, 3) unit rays of the range image pixels, by the reader's convention (row 0 = highest beam,
-    column c at azimuth (2 (W - c - 0.5) / W - 1) pi)."""
-    inc = INCLINATIONS[::-1][:, None]
-    az = (2.0 * (WIDTH - np.arange(WIDTH) - 0.5) / WIDTH - 1.0) * np.pi
-    return np.stack(np.broadcast_arrays(np.cos(inc) * np.cos(az), np.cos(inc) * np.sin(az), np.sin(inc)), -1)
+def rigid(roll: float = 0.0, pitch: float = 0.0, yaw: float = 0.0, xyz=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """(4, 4) pose with R = Rz(yaw) Ry(pitch) Rx(roll), transform_utils.get_rotation_matrix's convention."""
+    cr, sr, cp, sp, cy, sy = np.cos(roll), np.sin(roll), np.cos(pitch), np.sin(pitch), np.cos(yaw), np.sin(yaw)
+    rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
+    ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
+    rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
+    pose = np.eye(4)
+    pose[:3, :3] = rz @ ry @ rx
+    pose[:3, 3] = xyz
+    return pose
 
 
-def hit_range(dirs: np.ndarray, box: tuple) -> np.ndarray:
-    """Distance along each ray to the box (slab test in the box frame); inf where it misses."""
+def uniform_inclinations(lowest: float, highest: float, height: int) -> np.ndarray:
+    """(H,) ascending inclinations of uniformly spaced beams given as (min, max)."""
+    return (0.5 + np.arange(height)) / height * (highest - lowest) + lowest
+
+
+def pixel_rays(inclinations: np.ndarray, width: int, extrinsic: np.ndarray) -> np.ndarray:
+    """(H, W, 3) unit rays of a laser's range image pixels, vehicle frame.
+
+    Args:
+        inclinations: (H,) ascending beam inclinations.
+        width: W, the range image's columns.
+        extrinsic: (4, 4) sensor -> vehicle.
+    """
+    inc = inclinations[::-1][:, None]
+    az = (2.0 * (width - np.arange(width) - 0.5) / width - 1.0) * np.pi - np.arctan2(extrinsic[1, 0], extrinsic[0, 0])
+    sensor = np.stack(np.broadcast_arrays(np.cos(inc) * np.cos(az), np.cos(inc) * np.sin(az), np.sin(inc)), -1)
+    return sensor @ extrinsic[:3, :3].T
+
+
+def box_hits(origin: np.ndarray, rays: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
+    """Entry and exit distances along each ray through a box (slab test in the box frame); inf on a miss.
+
+    Args:
+        origin: (3,) the rays' origin. rays: (..., 3) unit rays.
+        box: x, y, z, length, width, height, heading.
+    """
     x, y, z, length, width, height, yaw = box
     c, s = np.cos(-yaw), np.sin(-yaw)
-    origin = np.array([c * -x - s * -y, s * -x + c * -y, -z])
-    d = np.stack([c * dirs[..., 0] - s * dirs[..., 1], s * dirs[..., 0] + c * dirs[..., 1], dirs[..., 2]], -1)
+    o = np.asarray(origin) - np.array([x, y, z])
+    o = np.array([c * o[0] - s * o[1], s * o[0] + c * o[1], o[2]])
+    d = np.stack([c * rays[..., 0] - s * rays[..., 1], s * rays[..., 0] + c * rays[..., 1], rays[..., 2]], -1)
     half = np.array([length, width, height]) / 2
     with np.errstate(divide="ignore", invalid="ignore"):
-        t1, t2 = (-half - origin) / d, (half - origin) / d
+        t1, t2 = (-half - o) / d, (half - o) / d
     near = np.nanmax(np.minimum(t1, t2), axis=-1)
     far = np.nanmin(np.maximum(t1, t2), axis=-1)
-    return np.where((near <= far) & (near > 0), near, np.inf)
+    hit = (near <= far) & (near > 0)
+    return np.where(hit, near, np.inf), np.where(hit, far, np.inf)
 
 
-def frame(index: int) -> tuple[dataset_pb2.Frame, dict]:
-    dirs = ray_directions()
-    shift = np.array([0.5 * index, 0.0, 0.0, 0, 0, 0, 0])  # objects move a little from frame to frame
-    boxes = [tuple(np.array(b) + shift) for b, _ in OBJECTS]
-    ranges = np.stack([hit_range(dirs, b) for b in boxes])  # (objects, H, W)
-    owner = np.argmin(ranges, axis=0)
-    rng = np.min(ranges, axis=0)
+def cast(origin: np.ndarray, rays: np.ndarray, boxes: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The nearest box along each ray: entry range (inf: no hit), its exit range, its index (H, W)."""
+    hits = [box_hits(origin, rays, b) for b in boxes]
+    near = np.stack([h[0] for h in hits])
+    owner = np.argmin(near, axis=0)
+    far = np.take_along_axis(np.stack([h[1] for h in hits]), owner[None], 0)[0]
+    return near.min(axis=0), far, owner
+
+
+def save_frames(folder: Path, context: str, frames: list[dict[str, np.ndarray]]) -> Path:
+    """f{i}.npz per frame and frames.json, the layout `waymo_tool write` reads; returns ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, arrays in enumerate(frames):
+        names.append(f"f{i}.npz")
+        np.savez(folder / names[-1], **arrays)
+    (folder / "frames.json").write_text(json.dumps({"context": context, "frames": names}))
+    return folder
+
+
+# The scene of test_waymo_metrics: one TOP laser at the vehicle origin sees three labelled boxes.
+HEIGHT, WIDTH = 24, 720
+INCLINATIONS = np.linspace(-0.25, 0.05, HEIGHT)  # ascending, as stored in the calibration
+OBJECTS = [((14.0, 1.0, 0.8, 4.5, 2.0, 1.6, 0.3), VEHICLE), ((9.0, 6.0, 0.9, 0.8, 0.8, 1.8, 1.0), PEDESTRIAN),
+           ((11.0, -7.0, 0.85, 1.8, 0.7, 1.7, -0.6), CYCLIST)]  # x, y, z, length, width, height, heading; type
+
+
+def metrics_frame(index: int) -> tuple[dict[str, np.ndarray], dict]:
+    """One frame of the metrics scene (objects 0.5 m further each frame; the right half of the cyclist's
+    pixels in a no-label zone, raw intensity 2 + object index, elongation 0.1) and what a reader must find."""
+    rays = pixel_rays(INCLINATIONS, WIDTH, np.eye(4))
+    boxes = [tuple(np.array(b) + [0.5 * index, 0, 0, 0, 0, 0, 0]) for b, _ in OBJECTS]
+    rng, _, owner = cast(np.zeros(3), rays, boxes)
     hit = np.isfinite(rng)
-    image = np.zeros((HEIGHT, WIDTH, 4), np.float32)
-    image[..., 0] = np.where(hit, rng, -1.0)
-    image[..., 1] = np.where(hit, 2.0 + owner, 0.0)  # raw intensity: the reader applies tanh
-    image[..., 2] = np.where(hit, 0.1, 0.0)
     cols = np.arange(WIDTH)[None, :].repeat(HEIGHT, 0)
     cyclist = hit & (owner == 2)
     nlz = cyclist & (cols > np.median(cols[cyclist]))
-    image[..., 3] = np.where(nlz, 1.0, -1.0)
-
-    f = dataset_pb2.Frame()
-    f.context.name = "itkd_synthetic_segment"
-    f.timestamp_micros = 1_000_000 + 100_000 * index
-    f.pose.transform.extend(np.eye(4).ravel().tolist())
-    calib = f.context.laser_calibrations.add()
-    calib.name = dataset_pb2.LaserName.TOP
-    calib.beam_inclinations.extend(INCLINATIONS.tolist())
-    calib.beam_inclination_min, calib.beam_inclination_max = float(INCLINATIONS[0]), float(INCLINATIONS[-1])
-    calib.extrinsic.transform.extend(np.eye(4).ravel().tolist())
-    laser = f.lasers.add()
-    laser.name = dataset_pb2.LaserName.TOP
-    pose = dataset_pb2.MatrixFloat(data=[0.0] * (HEIGHT * WIDTH * 6))  # roll, pitch, yaw, x, y, z per pixel
-    pose.shape.dims.extend([HEIGHT, WIDTH, 6])
-    laser.ri_return1.range_image_pose_compressed = zlib.compress(pose.SerializeToString())
-    for ret, data in ((laser.ri_return1, image), (laser.ri_return2, np.zeros_like(image) - 1.0)):
-        mat = dataset_pb2.MatrixFloat(data=data.ravel().tolist())
-        mat.shape.dims.extend(list(data.shape))
-        ret.range_image_compressed = zlib.compress(mat.SerializeToString())
-        proj = dataset_pb2.MatrixInt32(data=[0] * (HEIGHT * WIDTH * 6))
-        proj.shape.dims.extend([HEIGHT, WIDTH, 6])
-        ret.camera_projection_compressed = zlib.compress(proj.SerializeToString())
-    for (box, kind), k in zip(zip(boxes, (t for _, t in OBJECTS)), range(len(OBJECTS))):
-        label = f.laser_labels.add()
-        b = label.box
-        b.center_x, b.center_y, b.center_z, b.length, b.width, b.height, b.heading = map(float, box)
-        label.type = kind
-        label.num_lidar_points_in_box = int(np.sum(hit & (owner == k)))
-    facts = {"context": f.context.name, "timestamp": f.timestamp_micros, "points": int(hit.sum() - nlz.sum()),
-             "nlz": int(nlz.sum()), "points_per_object": [int(np.sum(hit & (owner == k))) for k in range(len(OBJECTS))],
+    image = np.stack([np.where(hit, rng, -1.0), np.where(hit, 2.0 + owner, 0.0), np.where(hit, 0.1, 0.0),
+                      np.where(nlz, 1.0, -1.0)], -1).astype(np.float32)
+    per_object = [int(np.sum(hit & (owner == k))) for k in range(len(OBJECTS))]
+    arrays = {"timestamp": np.int64(1_000_000 + 100_000 * index), "pose": np.eye(4),
+              "laser_names": np.array([TOP], np.int32), f"ri1_{TOP}": image, f"extrinsic_{TOP}": np.eye(4),
+              f"inclinations_{TOP}": INCLINATIONS,
+              "label_boxes": np.array(boxes), "label_types": np.array([t for _, t in OBJECTS], np.uint8),
+              "label_ids": np.array([f"object-{k}" for k in range(len(OBJECTS))]),
+              "label_speed": np.zeros((len(OBJECTS), 2)), "label_accel": np.zeros((len(OBJECTS), 2)),
+              "label_num_points": np.array(per_object, np.int64), "label_difficulty": np.zeros(len(OBJECTS), np.uint8)}
+    facts = {"context": "itkd_synthetic_segment", "timestamp": int(arrays["timestamp"]),
+             "points": int(hit.sum() - nlz.sum()), "nlz": int(nlz.sum()), "points_per_object": per_object,
              "boxes": [list(map(float, b)) for b in boxes], "types": [int(t) for _, t in OBJECTS]}
-    return f, facts
+    return arrays, facts
 
 
-def main(out: str, facts_path: str, frames: int = 2) -> None:
-    facts = []
-    with tf.io.TFRecordWriter(out) as writer:
-        for i in range(frames):
-            f, fact = frame(i)
-            writer.write(f.SerializeToString())
-            facts.append(fact)
-    with open(facts_path, "w") as fh:
-        json.dump(facts, fh)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+def metrics_segment(folder: Path, frames: int = 2) -> list[dict]:
+    """Save the metrics scene's frames into ``folder`` (for `write`); returns their facts."""
+    built = [metrics_frame(i) for i in range(frames)]
+    save_frames(folder, built[0][1]["context"], [arrays for arrays, _ in built])
+    return [facts for _, facts in built]

@@ -4,7 +4,6 @@ with real range images, and `itkd eval --dataset waymo` end to end."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,8 @@ from itkd_cli.core.types import Detections
 from itkd_cli.core import waymo_env
 from itkd_cli.evaluate import waymo_eval
 
-HERE = Path(__file__).parent
+import make_waymo_frames  # tests/reference/, beside this file
+
 # The official tool's printout for fake_predictions.bin vs the ground truths of its folder
 # (waymo_open_dataset/metrics/tools/compute_detection_metrics_main.cc, header comment).
 OFFICIAL = {
@@ -52,12 +52,12 @@ def waymo_python() -> Path:
 
 @pytest.fixture(scope="module")
 def segment(waymo_python: Path, tmp_path_factory) -> tuple[Path, list[dict]]:
-    """Two frames with a ray-cast range image and three labelled objects (make_waymo_frames.py)."""
+    """Two frames with a ray-cast range image and three labelled objects (make_waymo_frames.py), written
+    as a TFRecord by the worker's `write`."""
     out = tmp_path_factory.mktemp("waymo")
-    record, facts = out / "segment.tfrecord", out / "facts.json"
-    subprocess.run([str(waymo_python), str(HERE / "make_waymo_frames.py"), str(record), str(facts)],
-                   check=True, capture_output=True)
-    return record, json.loads(facts.read_text())
+    facts = make_waymo_frames.metrics_segment(out / "arrays")
+    waymo_env.run_tool("write", out / "segment.tfrecord", out / "arrays")
+    return out / "segment.tfrecord", facts
 
 
 @pytest.fixture(scope="module")
@@ -219,8 +219,8 @@ def test_eval_cli_user_errors(tmp_path: Path, cli, waymo_python: Path) -> None:
               "--out", tmp_path / "ev")
     assert res.exit_code == 2 and "p.bin: not a Waymo Objects proto" in res.output
     assert "Traceback" not in res.output and not (tmp_path / "ev" / "metrics.json").exists()
-    res = cli("eval", "--dataset", "waymo", "-c", tmp_path / "x.pth", "--split", "val")
-    assert res.exit_code == 2 and "--version/--split: nuScenes only" in res.output
+    res = cli("eval", "--dataset", "waymo", "-c", tmp_path / "x.pth", "--version", "v1")
+    assert res.exit_code == 2 and "--version: nuScenes only" in res.output
 
 
 def test_a_file_that_is_not_a_tfrecord(tmp_path: Path, waymo_python: Path) -> None:
