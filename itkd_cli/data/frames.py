@@ -28,7 +28,9 @@ def sample_frames(recipe: Recipe, split: str, count: int = 2) -> list[tuple[str,
     picks = sorted({int(i) for i in np.linspace(0, len(ds) - 1, count).round()})
     frames = [(f"{split}[{i}] {ds.tokens[i]}", collate([ds[i]], recipe)) for i in picks]
     if len(frames) < count:
-        aug = NuScenesDataset(recipe, split, train=True)
+        # the same frame 0, augmented: class-balanced resampling would put another frame at index 0
+        plain = recipe.model_copy(update={"dataset": recipe.dataset.model_copy(update={"balanced_resampling": False})})
+        aug = NuScenesDataset(plain, split, train=True)
         frames.append((f"{split}[0] {ds.tokens[0]} (training augmentation, seed {recipe.train.seed})",
                        collate([aug[(0, 0)]], recipe)))
     return frames

@@ -84,11 +84,13 @@ def build_distillation(recipe: Recipe, teacher_path: Path, device: torch.device)
 
 
 def _teacher_key(recipe: Recipe, teacher: Path, max_frames: Optional[int]) -> dict[str, Any]:
-    """What the teacher's metrics depend on: the checkpoint bytes, the dataset and the frames evaluated."""
+    """What the teacher's metrics depend on: the checkpoint bytes, the dataset, the frames evaluated and how
+    boxes are decoded."""
     digest = file_sha256(teacher)
     frames = max_frames if max_frames is not None else recipe.eval.max_frames
-    return {"teacher_sha256": digest, "root": str(Path(recipe.dataset.root).resolve()),
-            "version": recipe.dataset.version, "split": recipe.dataset.val_split, "max_frames": frames}
+    return {"teacher_sha256": digest, "kind": recipe.dataset.kind, "root": str(Path(recipe.dataset.root).resolve()),
+            "version": recipe.dataset.version, "split": recipe.dataset.val_split, "max_frames": frames,
+            "sampled_interval": recipe.dataset.sampled_interval.val, "post": recipe.model.post.model_dump(mode="json")}
 
 
 def _teacher_metrics(recipe: Recipe, model: torch.nn.Module, teacher: Path, out_dir: Path,

@@ -8,46 +8,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-NUSCENES_CLASSES: tuple[str, ...] = (
-    "car", "truck", "construction_vehicle", "bus", "trailer",
-    "barrier", "motorcycle", "bicycle", "pedestrian", "traffic_cone",
+# The dataset section and the base class live in dataset_schema; importing them here keeps
+# ``from itkd_cli.recipe.schema import DatasetConfig`` (and friends) working everywhere.
+from itkd_cli.recipe.dataset_schema import (  # noqa: F401 - re-exported
+    NUSCENES_CLASSES, AugmentConfig, DatasetConfig, SampledIntervalConfig, Strict,
 )
-
-
-class Strict(BaseModel):
-    """Base: unknown keys are errors; values are re-validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-# ----------------------------------------------------------------------------------------- data
-class AugmentConfig(Strict):
-    rotation: tuple[float, float] = Field((-0.785398, 0.785398), description="Global yaw rotation range (rad).")
-    scale: tuple[float, float] = Field((0.95, 1.05), description="Global scaling range.")
-    flip_x: bool = Field(True, description="Random flip across the x axis (y -> -y).")
-    flip_y: bool = Field(True, description="Random flip across the y axis (x -> -x).")
-    translate_std: float = Field(0.0, ge=0, description="Std (m) of a global translation noise.")
-    gt_sampling: bool = Field(False, description="Paste objects from the ground-truth database.")
-    gt_sampling_per_class: int = Field(2, ge=0, description="Max objects pasted per class and frame.")
-
-
-class DatasetConfig(Strict):
-    kind: Literal["nuscenes", "waymo"] = Field(
-        "nuscenes", description="Dataset format (nuscenes: trained on and evaluated; waymo: evaluated from "
-                                "TFRecords by `itkd eval --dataset waymo`, not trained on).")
-    root: str = Field("data/synth", description="Dataset root folder (holds <version>/ tables, samples/, sweeps/).")
-    version: str = Field("v1.0-synth", description="nuScenes version folder, e.g. v1.0-mini, v1.0-trainval.")
-    train_split: str = Field("train", description="Split for training (built-in devkit name or a key of splits.json).")
-    val_split: str = Field("val", description="Split for evaluation.")
-    sweeps: int = Field(1, ge=1, le=20, description="LiDAR sweeps per frame, the keyframe included.")
-    max_sweep_lag: float = Field(0.55, gt=0, description="Oldest sweep allowed (s) before the keyframe.")
-    class_names: list[str] = Field(list(NUSCENES_CLASSES), min_length=1, description="Detection classes, in label order.")
-    balanced_resampling: bool = Field(False, description="Class-balanced resampling (CBGS) of the train split, seeded by train.seed.")
-    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Training-time augmentation.")
-    workers: int = Field(2, ge=0, description="DataLoader worker processes.")
-    cache_dir: Optional[str] = Field(None, description="Info-cache folder; default <root>/itkd_cache.")
 
 
 # ---------------------------------------------------------------------------------------- model

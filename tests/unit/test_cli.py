@@ -134,7 +134,8 @@ def test_a_bad_training_recipe_is_reported_before_torch_loads(tmp_path: Path) ->
     (["--min-map", "1.5"], "--min-map: 1.5: input should be less than or equal to 1"),
     (["--max-drop", "-0.1"], "--max-drop: -0.1: input should be greater than or equal to 0"),
     (["--min-speedup", "nan"], "--min-speedup: nan: input should be a finite number"),
-    (["--min-maph", "0.3"], "--min-maph: cannot be checked by `itkd compress` on nuscenes"),
+    (["--recipe", "synth-pillar", "--min-maph", "0.3"], "--min-maph: cannot be checked by `itkd compress` on nuscenes"),
+    (["--recipe", "synth-pillar-waymo", "--min-nds", "0.3"], "--min-nds: cannot be checked by `itkd compress` on waymo"),
     (["--recipe", "synth-pillar", "--set", "gates.min_map=2"], "--set gates.min_map=2: gates.min_map"),
     (["--recipe", "synth-pillar", "--set", "gates.min_maph=0.2"], "gates.min_maph: cannot be checked"),
 ])
