@@ -11,24 +11,63 @@ from rich.table import Table
 from itkd_cli.cli.common import JsonOpt, SetOpt, console, emit_json, handle_errors, result as show_result, say
 from itkd_cli.core.errors import ItkdError
 
-RecipeOpt = typer.Option(..., "--recipe", help="Recipe name or path (dataset.* says what to prepare).")
+RecipeOpt = typer.Option(None, "--recipe", help="Recipe name or path (dataset.* says what to prepare).")
 
 
-def prepare(recipe: str = RecipeOpt, overrides: List[str] = SetOpt, json_out: bool = JsonOpt) -> None:
-    """Build the info caches of the train and val splits and the GT database of the train split."""
-    from itkd_cli.data.cache import build_infos, cache_dir, describe, write_infos
+def prepare(
+    recipe: Optional[str] = RecipeOpt,
+    overrides: List[str] = SetOpt,
+    dataset: str = typer.Option("nuscenes", "--dataset", help="waymo: convert TFRecords (--src) into a root (--out)."),
+    src: Optional[Path] = typer.Option(None, "--src", help="waymo: a .tfrecord, a folder of them, or a folder "
+                                                           "with Waymo's training/ and validation/ folders."),
+    out: Optional[Path] = typer.Option(None, "--out", help="waymo: the converted root to write (resumable)."),
+    split: Optional[str] = typer.Option(None, "--split", help="waymo: the split the --src segments form "
+                                                              "(default: training/ -> train, validation/ -> val)."),
+    lidars: str = typer.Option("all", "--lidars", help="waymo: all five LiDARs (OpenPCDet) or top only."),
+    returns: int = typer.Option(2, "--returns", help="waymo: 2 (both returns, OpenPCDet) or 1 (first only)."),
+    workers: int = typer.Option(2, "--workers", help="waymo: segments converted at once."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Build a recipe's info caches and GT database, or convert Waymo TFRecords (--dataset waymo --src --out)."""
+    if dataset == "waymo" and src is not None:
+        from itkd_cli.cli.data_prepare_waymo import convert
+
+        if recipe is not None or overrides:
+            raise ItkdError("--recipe/--set: not used when converting TFRecords (--src)",
+                            hint="convert first, then `itkd data prepare --recipe R` builds the GT database")
+        if out is None:
+            raise ItkdError("--out: required with --src (the converted root to write)")
+        convert(src, out, split, lidars, returns, workers, json_out)
+        return
+    if dataset not in ("nuscenes", "waymo"):
+        raise ItkdError(f"--dataset {dataset}: expected nuscenes or waymo")
+    if src is not None or out is not None or split is not None:
+        raise ItkdError("--src/--out/--split: convert Waymo TFRecords, with --dataset waymo and --src",
+                        hint="itkd data prepare --dataset waymo --src TFRECORDS --out ROOT [--split train]")
+    if recipe is None:
+        hint = ("itkd data prepare --dataset waymo --src TFRECORDS --out ROOT [--split train]" if dataset == "waymo"
+                else "itkd data prepare --recipe synth-pillar")
+        raise ItkdError("--recipe: required" + (" (or --src with --dataset waymo)" if dataset == "waymo" else ""),
+                        hint=hint)
+    _prepare_recipe(recipe, overrides, json_out)
+
+
+def _prepare_recipe(recipe: str, overrides: List[str], json_out: bool) -> None:
+    """The info caches of the train and val splits and the GT database of the train split."""
+    from itkd_cli.data.cache import build_infos, cache_dir, describe, load_infos, write_infos
     from itkd_cli.data.gt_database import build_gt_database, db_path
     from itkd_cli.recipe.load import load_recipe
 
     cfg = load_recipe(recipe, overrides).dataset
-    if cfg.kind != "nuscenes":
-        raise ItkdError(f"dataset.kind: {cfg.kind!r} cannot be prepared here (only nuscenes-format data)")
     result: dict = {"cache_dir": str(cache_dir(cfg)), "splits": {}}
     train_infos: list = []
     for split in dict.fromkeys([cfg.train_split, cfg.val_split]):
         say(f"indexing split [bold]{split}[/] of {Path(cfg.root) / cfg.version}")
-        infos = build_infos(cfg, split)
-        path = write_infos(cfg, split, infos)
+        if cfg.kind == "waymo":  # the converted root's segment indexes are the cache
+            infos, path = load_infos(cfg, split), Path(cfg.root)
+        else:
+            infos = build_infos(cfg, split)
+            path = write_infos(cfg, split, infos)
         result["splits"][split] = {"infos": str(path), **describe(infos)}
         if split == cfg.train_split:
             train_infos = infos

@@ -54,8 +54,6 @@ class NuScenesDataset(Dataset):
     def __init__(self, recipe: Recipe, split: str, train: bool) -> None:
         self.recipe, self.split, self.train = recipe, split, train
         cfg = recipe.dataset
-        if cfg.kind != "nuscenes":
-            raise ItkdError(f"dataset.kind: {cfg.kind!r} frames cannot be read here (nuScenes format only)")
         self.infos = load_infos(cfg, split)
         if train and cfg.balanced_resampling:  # CBGS: drawn once from train.seed, so a resume rebuilds this list
             from itkd_cli.data.balance import balanced_indices
