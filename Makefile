@@ -34,7 +34,7 @@ demo: setup
 test: setup waymo-env
 	ITKD_WAYMO_PYTHON=$(abspath $(WAYMO_VENV))/bin/python $(PY) -m pytest -q
 
-test-slow: setup
+test-slow: setup waymo-env
 	$(PY) -m pytest -q -m slow
 
 clean:

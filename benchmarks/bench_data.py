@@ -19,12 +19,12 @@ from rich.table import Table
 
 from itkd_cli.data.augment import augment, range_filter
 from itkd_cli.data.loader import build_loader, collate
-from itkd_cli.data.nuscenes import NuScenesDataset, frame_rng
+from itkd_cli.data.dataset import FrameDataset, frame_rng
 from itkd_cli.data.targets import assign_targets
 from itkd_cli.recipe.load import load_recipe
 
 
-def stage_times(ds: NuScenesDataset, frames: int) -> dict[str, float]:
+def stage_times(ds: FrameDataset, frames: int) -> dict[str, float]:
     """Mean seconds per frame of each stage, single process."""
     cfg = ds.recipe
     acc = {"load (keyframe + sweeps)": 0.0, "augment": 0.0, "voxelise": 0.0, "targets": 0.0}
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=20, help="Frames for the per-stage timing.")
     args = ap.parse_args()
     recipe = load_recipe(args.recipe, [f"dataset.root={args.root}", f"dataset.workers={args.workers}", *args.set])
-    ds = NuScenesDataset(recipe, recipe.dataset.train_split, train=True)
+    ds = FrameDataset(recipe, recipe.dataset.train_split, train=True)
     stages = stage_times(ds, args.frames)
     sample = collate([ds[0]], recipe)
     rate, vox = loader_rate(recipe, args.batch_size, args.batches)

@@ -20,9 +20,9 @@ def sample_frames(recipe: Recipe, split: str, count: int = 2) -> list[tuple[str,
         ItkdError: dataset missing / split unknown or empty.
     """
     from itkd_cli.data.loader import collate
-    from itkd_cli.data.nuscenes import NuScenesDataset
+    from itkd_cli.data.dataset import FrameDataset
 
-    ds = NuScenesDataset(recipe, split, train=False)
+    ds = FrameDataset(recipe, split, train=False)
     if len(ds) == 0:
         raise ItkdError(f"split {split!r}: no frames in {recipe.dataset.root}", hint="pass --split")
     picks = sorted({int(i) for i in np.linspace(0, len(ds) - 1, count).round()})
@@ -30,7 +30,7 @@ def sample_frames(recipe: Recipe, split: str, count: int = 2) -> list[tuple[str,
     if len(frames) < count:
         # the same frame 0, augmented: class-balanced resampling would put another frame at index 0
         plain = recipe.model_copy(update={"dataset": recipe.dataset.model_copy(update={"balanced_resampling": False})})
-        aug = NuScenesDataset(plain, split, train=True)
+        aug = FrameDataset(plain, split, train=True)
         frames.append((f"{split}[0] {ds.tokens[0]} (training augmentation, seed {recipe.train.seed})",
                        collate([aug[(0, 0)]], recipe)))
     return frames

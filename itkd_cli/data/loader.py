@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from itkd_cli.core.types import Batch, TaskTargets
-from itkd_cli.data.nuscenes import FrameSample, NuScenesDataset
+from itkd_cli.data.dataset import FrameSample, FrameDataset
 from itkd_cli.recipe.schema import Recipe
 
 
@@ -106,9 +106,9 @@ def build_loader(recipe: Recipe, split: str, train: bool, batch_size: int, shuff
         rank, world: this process's share of each epoch in data-parallel training (see EpochSampler).
 
     Returns:
-        DataLoader whose items are Batch; its ``dataset`` is the NuScenesDataset.
+        DataLoader whose items are Batch; its ``dataset`` is the FrameDataset.
     """
-    dataset = NuScenesDataset(recipe, split, train)
+    dataset = FrameDataset(recipe, split, train)
     workers = recipe.dataset.workers
     return DataLoader(
         dataset,

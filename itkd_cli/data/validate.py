@@ -14,7 +14,7 @@ from itkd_cli.recipe.schema import DatasetConfig, Recipe
 def split_class_counts(cfg: DatasetConfig, split: str) -> dict[str, int]:
     """Boxes per class name (after the devkit's category -> detection-name mapping) in a split.
 
-    Only boxes with at least one LiDAR point count: training drops the others (``NuScenesDataset.annotations``).
+    Only boxes with at least one LiDAR point count: training drops the others (``FrameDataset.annotations``).
     """
     counts: dict[str, int] = {}
     for info in load_infos(cfg, split):

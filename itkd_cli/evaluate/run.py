@@ -55,7 +55,7 @@ def predict_split(model: nn.Module, recipe: Recipe, split: str, model_cfg: Optio
         progress: called with (frames done, frames total).
 
     Returns:
-        (sample token -> Detections on CPU, the NuScenesDataset (for poses)).
+        (sample token -> Detections on CPU, the FrameDataset (for poses)).
     """
     from itkd_cli.data.loader import build_loader
 

@@ -206,14 +206,13 @@ def evaluate_waymo(recipe: Recipe, model: nn.Module, data_root: Union[str, Path]
 
 
 def _converted_ground_truth(path: Path, infos: Sequence[Mapping[str, Any]]) -> Path:
-    """Ground truth of converted frames (every labelled type, as the official tool scores them)."""
+    """Ground truth of converted frames (every labelled type, as the official tool scores them), with their
+    annotated difficulty levels."""
     rows = [(i["context"], i["timestamp"], box[:7], name, n, level) for i in infos
             for box, name, n, level in zip(i["gt_boxes"], i["gt_names"], i["num_lidar_pts"], i["difficulty"])]
     types = np.array([TYPE_NAMES.index(r[3]) for r in rows], np.uint8)
     num_points = np.array([r[4] for r in rows], np.int64)
-    level = np.array([r[5] for r in rows], np.int64)
-    # The official rule: a box without an annotated level is LEVEL_2 with <= 5 LiDAR points, else LEVEL_1.
-    difficulty = np.where(level == 0, np.where(num_points <= 5, 2, 1), level).astype(np.uint8)
+    difficulty = np.array([r[5] for r in rows], np.uint8)  # raw levels: `tool.py metrics` applies the official rule
     np.savez(path, context=np.array([r[0] for r in rows], dtype=str), timestamp=np.array([r[1] for r in rows], np.int64),
              boxes=np.array([r[2] for r in rows], np.float64).reshape(-1, 7), types=types, num_points=num_points,
              difficulty=difficulty)

@@ -77,6 +77,8 @@ def cmd_metrics(pred_path: str, gt_path: str, out: str) -> None:
     pred = _load(pred_path, keys + ("scores", "overlap_nlz"))
     gt = _load(gt_path, keys + ("num_points", "difficulty"))
     keep = gt["num_points"] > 0  # the official tool ignores boxes without points
+    # Raw annotated levels (0: none) get the official rule here; levels it already set are kept as they are.
+    gt["difficulty"] = difficulty(gt["difficulty"], gt["num_points"])
     gt = {k: v[keep] for k, v in gt.items()}
     frames = sorted(set(zip(gt["context"].tolist(), gt["timestamp"].tolist()))
                     | set(zip(pred["context"].tolist(), pred["timestamp"].tolist())))

@@ -17,7 +17,7 @@ import torch
 
 from itkd_cli.core.types import Detections
 from itkd_cli.data.infos import open_nuscenes
-from itkd_cli.data.nuscenes import NuScenesDataset
+from itkd_cli.data.dataset import FrameDataset
 from itkd_cli.evaluate.nuscenes_eval import run_detection_eval, split_sample_tokens, write_results
 from itkd_cli.recipe import load_recipe
 from itkd_cli.recipe.schema import NUSCENES_CLASSES
@@ -39,7 +39,7 @@ def _devkit_gt_classes(nusc, split: str) -> set:
 
 def _gt_as_predictions(recipe, split: str) -> tuple[dict, dict]:
     """Per sample: GT Detections (boxes the devkit keeps as GT, i.e. with lidar points) and poses."""
-    ds = NuScenesDataset(recipe, split, train=False)
+    ds = FrameDataset(recipe, split, train=False)
     names = recipe.dataset.class_names
     dets, poses = {}, {}
     for i, token in enumerate(ds.tokens):

@@ -69,12 +69,12 @@ def test_wrong_conventions_are_caught(report):
 def test_dataset_reads_the_real_frame(tmp_path):
     if not (FIXTURE / "v1.0-mini" / "sample.json").is_file():
         pytest.skip(f"real nuScenes fixture not found at {FIXTURE} (needs ../shared beside the repo)")
-    from itkd_cli.data.nuscenes import NuScenesDataset
+    from itkd_cli.data.dataset import FrameDataset
     from itkd_cli.recipe.load import load_recipe
 
     recipe = load_recipe("synth-pillar", [f"dataset.root={FIXTURE}", "dataset.version=v1.0-mini",
                                           "dataset.sweeps=10", f"dataset.cache_dir={tmp_path}"])
-    ds = NuScenesDataset(recipe, "mini_train", train=False)
+    ds = FrameDataset(recipe, "mini_train", train=False)
     assert ds.tokens == ["ca9a282c9e77460f8360f564131a8af5"]
     assert len(ds.points(0)) == 34688  # no prev links: the keyframe alone
     pose = ds.lidar_to_global(ds.tokens[0])

@@ -15,7 +15,7 @@ from itkd_cli.cli.main import app
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.data.balance import balanced_indices, class_counts, class_frames, resampling_report
 from itkd_cli.data.cache import load_infos
-from itkd_cli.data.nuscenes import NuScenesDataset
+from itkd_cli.data.dataset import FrameDataset
 from itkd_cli.recipe.load import load_recipe
 
 CLASSES = ["car", "pedestrian", "bicycle"]
@@ -66,12 +66,12 @@ def test_the_training_dataset_is_resampled_only_when_asked(synth):
     on = _synth_recipe(synth, "dataset.balanced_resampling=true")
     infos = load_infos(on.dataset, "synth_train")
     idx = balanced_indices(infos, on.dataset.class_names, on.train.seed)
-    ds = NuScenesDataset(on, "synth_train", train=True)
+    ds = FrameDataset(on, "synth_train", train=True)
     assert len(ds) == len(idx) != len(infos)
     assert ds.tokens == [infos[i]["token"] for i in idx]
-    assert len(NuScenesDataset(on, "synth_train", train=False)) == len(infos)  # evaluation never resamples
-    assert len(NuScenesDataset(_synth_recipe(synth), "synth_train", train=True)) == len(infos)
-    other = NuScenesDataset(_synth_recipe(synth, "dataset.balanced_resampling=true", "train.seed=5"), "synth_train", True)
+    assert len(FrameDataset(on, "synth_train", train=False)) == len(infos)  # evaluation never resamples
+    assert len(FrameDataset(_synth_recipe(synth), "synth_train", train=True)) == len(infos)
+    other = FrameDataset(_synth_recipe(synth, "dataset.balanced_resampling=true", "train.seed=5"), "synth_train", True)
     assert other.tokens != ds.tokens and len(other) == len(ds)
 
 

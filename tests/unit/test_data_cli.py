@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from itkd_cli.cli.main import app
 from itkd_cli.data.gt_database import GTDatabase
-from itkd_cli.data.nuscenes import NuScenesDataset
+from itkd_cli.data.dataset import FrameDataset
 
 runner = CliRunner()
 
@@ -39,14 +39,14 @@ def test_prepare_writes_caches_and_gt_database(world):
     assert [len(db.object_points(i)) for i in range(len(db))] == [80, 24, 80, 24]
     # the training dataset then pastes objects from it
     recipe = tiny_recipe(world, "dataset.augment.gt_sampling=true", "dataset.augment.gt_sampling_per_class=2")
-    ds = NuScenesDataset(recipe, "tiny_train", train=True)
+    ds = FrameDataset(recipe, "tiny_train", train=True)
     assert ds.db is not None and len(ds[(0, 0)].gt_boxes) >= 2
 
 
 def test_gt_sampling_without_database_is_a_user_error(world):
     recipe = tiny_recipe(world, "dataset.augment.gt_sampling=true")
     with pytest.raises(Exception, match="GT database not found"):
-        NuScenesDataset(recipe, "tiny_train", train=True)
+        FrameDataset(recipe, "tiny_train", train=True)
 
 
 def test_inspect_counts_points_in_boxes(world):

@@ -9,7 +9,7 @@ from data_tiny import make_world, tiny_recipe
 
 from itkd_cli.core.types import Batch
 from itkd_cli.data.loader import EpochSampler, build_loader, collate
-from itkd_cli.data.nuscenes import NuScenesDataset
+from itkd_cli.data.dataset import FrameDataset
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def assert_same(a: Batch, b: Batch) -> None:
 
 def test_collate_layout(world):
     recipe = tiny_recipe(world)
-    ds = NuScenesDataset(recipe, "tiny_train", train=False)
+    ds = FrameDataset(recipe, "tiny_train", train=False)
     samples = [ds[0], ds[2]]
     batch = collate(samples, recipe)
     v0, v1 = len(samples[0].coords), len(samples[1].coords)
@@ -49,7 +49,7 @@ def test_collate_layout(world):
 
 def test_collate_pads_frames_without_boxes(world):
     recipe = tiny_recipe(world, "dataset.class_names=[car]", "model.head.tasks=[[car]]")
-    s = NuScenesDataset(recipe, "tiny_train", train=False)[0]
+    s = FrameDataset(recipe, "tiny_train", train=False)[0]
     empty = s._replace(gt_boxes=np.zeros((0, 9), np.float32), gt_labels=np.zeros(0, np.int64))
     batch = collate([empty, s], recipe)
     assert batch.gt_boxes.shape == (2, 1, 9) and batch.gt_labels.tolist() == [[0], [1]]
@@ -65,7 +65,7 @@ def test_epoch_sampler():
 
 
 def test_augmentation_depends_on_seed_epoch_index(world):
-    ds = NuScenesDataset(tiny_recipe(world), "tiny_train", train=True)
+    ds = FrameDataset(tiny_recipe(world), "tiny_train", train=True)
     a, b, c = ds[(0, 1)], ds[(0, 1)], ds[(1, 1)]
     np.testing.assert_array_equal(a.gt_boxes, b.gt_boxes)
     np.testing.assert_array_equal(a.voxels, b.voxels)

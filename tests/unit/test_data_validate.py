@@ -11,7 +11,7 @@ import pytest
 from data_tiny import VERSION, make_world, tiny_recipe
 
 from itkd_cli.core.errors import ItkdError
-from itkd_cli.data.nuscenes import NuScenesDataset
+from itkd_cli.data.dataset import FrameDataset
 from itkd_cli.data.validate import check_training_classes
 
 WAYMO = ["dataset.class_names=[Vehicle,Pedestrian,Cyclist]", "model.head.tasks=[[Vehicle],[Pedestrian,Cyclist]]"]
@@ -51,7 +51,7 @@ def test_nan_in_a_keyframe_is_one_error_naming_the_file_and_count(world, workers
 
 def test_inf_in_a_sweep_is_refused_in_training_and_in_data_inspect(world, cli):
     _damage(world, "f1_sweep", 0, 2, np.inf)
-    ds = NuScenesDataset(tiny_recipe(world), "tiny_train", train=True)
+    ds = FrameDataset(tiny_recipe(world), "tiny_train", train=True)
     ds[0]  # frame 0 is clean
     with pytest.raises(ItkdError, match=r"f1_sweep\.pcd\.bin \(sample_data sd_sweep1\): 1 non-finite values"):
         ds[1]
@@ -67,7 +67,7 @@ def test_empty_keyframe_is_one_error_naming_the_file(world):
     for train in (True, False):  # training and evaluation alike
         with pytest.raises(ItkdError, match=r"f0_key\.pcd\.bin \(sample_data sd_key0\): keyframe point file holds "
                                             r"no points") as err:
-            NuScenesDataset(tiny_recipe(world), "tiny_val", train=train)[0]
+            FrameDataset(tiny_recipe(world), "tiny_val", train=train)[0]
         assert err.value.exit_code == 2 and err.value.hint
 
 

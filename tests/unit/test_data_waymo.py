@@ -17,7 +17,7 @@ from itkd_cli.cli.main import app
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.data import waymo_prepare
 from itkd_cli.data.cache import load_infos
-from itkd_cli.data.nuscenes import NuScenesDataset
+from itkd_cli.data.dataset import FrameDataset
 from itkd_cli.data.waymo import MANIFEST, read_waymo_points, waymo_infos
 
 runner = CliRunner()
@@ -53,7 +53,7 @@ def test_points_are_squashed_like_openpcdet(tmp_path: Path) -> None:
 
 def test_dataset_reads_a_converted_root(tmp_path: Path) -> None:
     root = make_root(tmp_path / "w")
-    ds = NuScenesDataset(waymo_recipe(root), "train", train=False)
+    ds = FrameDataset(waymo_recipe(root), "train", train=False)
     assert len(ds) == 5
     boxes, labels = ds.annotations(0)
     assert labels.tolist() == [1, 2, 3]  # Vehicle, Pedestrian, Cyclist; the sign is no recipe class
@@ -61,7 +61,7 @@ def test_dataset_reads_a_converted_root(tmp_path: Path) -> None:
     assert sample.voxels.shape[2] == 5 and len(sample.gt_boxes) == 3 and sample.token == "seg-a_1000000"
     assert len(sample.targets) == 2  # [[Vehicle], [Pedestrian, Cyclist]]
     assert int(sample.targets[0][2].sum()) == 1 and int(sample.targets[1][2].sum()) == 2
-    train = NuScenesDataset(waymo_recipe(root), "train", train=True)
+    train = FrameDataset(waymo_recipe(root), "train", train=True)
     assert train[(0, 1)].voxels.shape[2] == 5
 
 
@@ -104,7 +104,7 @@ def test_damaged_roots_are_one_line_errors(tmp_path: Path, damage, expected: str
     root = make_root(tmp_path / "w")
     damage(root)
     with pytest.raises(ItkdError, match=expected) as info:
-        NuScenesDataset(waymo_recipe(root), "train", train=False)[0]
+        FrameDataset(waymo_recipe(root), "train", train=False)[0]
     assert "\n" not in info.value.message
 
 

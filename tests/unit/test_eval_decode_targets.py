@@ -41,14 +41,14 @@ def _oracle_output(targets, h: int, w: int) -> DetectorOutput:
 
 def test_targets_decode_to_gt(tmp_path: Path) -> None:
     from itkd_cli.data import synth
-    from itkd_cli.data.nuscenes import NuScenesDataset
+    from itkd_cli.data.dataset import FrameDataset
     from itkd_cli.data.targets import assign_targets
 
     synth.generate(tmp_path / "synth", preset="small")
     recipe = load_recipe("synth-pillar", [f"dataset.root={tmp_path / 'synth'}", "dataset.workers=0",
                                           "model.post.nms=none", "model.post.score_threshold=0.999",
                                           "model.post.post_max=500"])
-    ds = NuScenesDataset(recipe, recipe.dataset.val_split, train=False)
+    ds = FrameDataset(recipe, recipe.dataset.val_split, train=False)
     h, w = recipe.model.head_map_size
     x0, y0, _, x1, y1, _ = recipe.model.grid.point_range
     checked = 0

@@ -20,7 +20,7 @@ def _fake_eval(calls):
 
 def test_teacher_metrics_cache_is_keyed_by_teacher_bytes_and_dataset(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(mod, "evaluate_nuscenes", _fake_eval(calls))
+    monkeypatch.setattr(mod, "evaluate_split", _fake_eval(calls))
     recipe = load_recipe("synth-pillar", [f"dataset.root={tmp_path / 'data'}"])
     teacher = tmp_path / "t.pth"
     teacher.write_bytes(b"teacher one")
@@ -35,6 +35,10 @@ def test_teacher_metrics_cache_is_keyed_by_teacher_bytes_and_dataset(tmp_path, m
     other_root = load_recipe("synth-pillar", [f"dataset.root={tmp_path / 'other'}"])
     mod._teacher_metrics(other_root, None, teacher, tmp_path, 3)  # other dataset: evaluate again
     assert len(calls) == 4
+    other_post = load_recipe("synth-pillar", [f"dataset.root={tmp_path / 'other'}", "model.post.top_k=100"])
+    mod._teacher_metrics(other_post, None, teacher, tmp_path, 3)  # boxes decoded otherwise: evaluate again
+    mod._teacher_metrics(other_post, None, teacher, tmp_path, 3)
+    assert len(calls) == 5
 
 
 @pytest.mark.parametrize("init", [True, False])

@@ -1,4 +1,4 @@
-"""NuScenesDataset on a tiny hand-built world: boxes, sweeps, splits, cache and bad input."""
+"""FrameDataset on a tiny hand-built world: boxes, sweeps, splits, cache and bad input."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from data_tiny import OBJECTS, VERSION, ego_pose, expected_box, make_world, matr
 
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.data import cache
-from itkd_cli.data.nuscenes import NuScenesDataset
+from itkd_cli.data.dataset import FrameDataset
 
 
 @pytest.fixture()
@@ -19,7 +19,7 @@ def world(tmp_path):
 
 
 def test_boxes_in_keyframe_lidar_frame(world):
-    ds = NuScenesDataset(tiny_recipe(world), "tiny_val", train=False)
+    ds = FrameDataset(tiny_recipe(world), "tiny_val", train=False)
     assert ds.tokens == ["s0", "s1"]
     for frame in range(2):
         info = ds.infos[frame]
@@ -34,14 +34,14 @@ def test_boxes_in_keyframe_lidar_frame(world):
 
 
 def test_lidar_to_global(world):
-    ds = NuScenesDataset(tiny_recipe(world), "tiny_val", train=False)
+    ds = FrameDataset(tiny_recipe(world), "tiny_val", train=False)
     np.testing.assert_allclose(ds.lidar_to_global("s1"), matrix(ego_pose(1)) @ matrix(SENSOR), atol=1e-9)
     with pytest.raises(ItkdError, match="sample token 'nope': not in split 'tiny_val'"):
         ds.lidar_to_global("nope")
 
 
 def test_sweep_lands_on_keyframe_points(world):
-    ds = NuScenesDataset(tiny_recipe(world), "tiny_val", train=False)
+    ds = FrameDataset(tiny_recipe(world), "tiny_val", train=False)
     pts = ds.points(1)
     n = len(pts) // 2  # the sweep holds the same global points as its keyframe
     np.testing.assert_allclose(pts[n:, :3], pts[:n, :3], atol=1e-4)
@@ -50,34 +50,34 @@ def test_sweep_lands_on_keyframe_points(world):
 
 
 def test_sweep_lag_limit_and_single_sweep(world):
-    short = NuScenesDataset(tiny_recipe(world, "dataset.max_sweep_lag=0.01",
+    short = FrameDataset(tiny_recipe(world, "dataset.max_sweep_lag=0.01",
                                         f"dataset.cache_dir={world / 'c2'}"), "tiny_val", train=False)
     assert short.infos[1]["sweeps"] == []
-    one = NuScenesDataset(tiny_recipe(world, "dataset.sweeps=1", f"dataset.cache_dir={world / 'c3'}"),
+    one = FrameDataset(tiny_recipe(world, "dataset.sweeps=1", f"dataset.cache_dir={world / 'c3'}"),
                           "tiny_val", train=False)
     assert len(one.points(1)) == len(short.points(1))
 
 
 def test_cache_is_reused(world, monkeypatch):
     recipe = tiny_recipe(world)
-    NuScenesDataset(recipe, "tiny_val", train=False)
+    FrameDataset(recipe, "tiny_val", train=False)
     assert cache.info_path(recipe.dataset, "tiny_val").is_file()
 
     def boom(*_a, **_k):
         raise AssertionError("devkit re-indexed")
 
     monkeypatch.setattr(cache, "open_nuscenes", boom)
-    assert len(NuScenesDataset(recipe, "tiny_val", train=False)) == 2
+    assert len(FrameDataset(recipe, "tiny_val", train=False)) == 2
 
 
 def test_cache_rebuilt_when_tables_change(world):
     recipe = tiny_recipe(world)
-    assert len(NuScenesDataset(recipe, "tiny_val", train=False).annotations(0)[0]) == 2
+    assert len(FrameDataset(recipe, "tiny_val", train=False).annotations(0)[0]) == 2
     path = world / VERSION / "sample_annotation.json"
     anns = json.loads(path.read_text())
     anns[0]["size"] = [2.0, 5.0, 1.5]  # a regenerated dataset in the same root
     path.write_text(json.dumps(anns))
-    assert NuScenesDataset(recipe, "tiny_val", train=False).infos[0]["gt_boxes"][0][3] == 5.0
+    assert FrameDataset(recipe, "tiny_val", train=False).infos[0]["gt_boxes"][0][3] == 5.0
 
 
 def test_training_drops_boxes_without_points(world):
@@ -86,24 +86,24 @@ def test_training_drops_boxes_without_points(world):
     anns[1]["num_lidar_pts"] = 0  # pedestrian of frame 0
     path.write_text(json.dumps(anns))
     recipe = tiny_recipe(world)
-    assert len(NuScenesDataset(recipe, "tiny_val", train=True).annotations(0)[0]) == 1
-    assert len(NuScenesDataset(recipe, "tiny_val", train=False).annotations(0)[0]) == 2
+    assert len(FrameDataset(recipe, "tiny_val", train=True).annotations(0)[0]) == 1
+    assert len(FrameDataset(recipe, "tiny_val", train=False).annotations(0)[0]) == 2
 
 
 def test_unknown_split_lists_available(world):
     with pytest.raises(ItkdError, match=r"split 'bogus': unknown .*available: tiny_train, tiny_val, mini_train"):
-        NuScenesDataset(tiny_recipe(world), "bogus", train=False)
+        FrameDataset(tiny_recipe(world), "bogus", train=False)
 
 
 def test_builtin_split_without_scenes(world):
     with pytest.raises(ItkdError, match="split 'mini_val': no scene of"):
-        NuScenesDataset(tiny_recipe(world), "mini_val", train=False)
+        FrameDataset(tiny_recipe(world), "mini_val", train=False)
 
 
 def test_missing_table(world):
     (world / VERSION / "ego_pose.json").unlink()
     with pytest.raises(ItkdError, match=r"missing nuScenes tables: ego_pose\.json"):
-        NuScenesDataset(tiny_recipe(world), "tiny_val", train=False)
+        FrameDataset(tiny_recipe(world), "tiny_val", train=False)
 
 
 def test_dangling_token(world):
@@ -112,20 +112,20 @@ def test_dangling_token(world):
     rows[3]["prev"] = "ghost"  # frame 1 keyframe points to a sample_data that does not exist
     path.write_text(json.dumps(rows))
     with pytest.raises(ItkdError, match=r"sample_data token 'ghost' \(referenced by sample_data sd_key1 \(prev\)\)"):
-        NuScenesDataset(tiny_recipe(world), "tiny_val", train=False)
+        FrameDataset(tiny_recipe(world), "tiny_val", train=False)
 
 
 def test_truncated_point_file(world):
     path = world / "samples/LIDAR_TOP/f0_key.pcd.bin"
     path.write_bytes(path.read_bytes()[:-6])
-    ds = NuScenesDataset(tiny_recipe(world), "tiny_val", train=False)
+    ds = FrameDataset(tiny_recipe(world), "tiny_val", train=False)
     with pytest.raises(ItkdError, match=r"f0_key\.pcd\.bin \(sample_data sd_key0\): .* not a multiple of 20"):
         ds[0]
 
 
 def test_empty_sweep_passes_through(world):
     """An empty sweep only gives less context (an empty keyframe is an error: test_data_validate.py)."""
-    ds = NuScenesDataset(tiny_recipe(world), "tiny_val", train=True)
+    ds = FrameDataset(tiny_recipe(world), "tiny_val", train=True)
     keyframe_only = int((ds.points(0)[:, 4] == 0).sum())
     (world / "sweeps" / "LIDAR_TOP" / "f0_sweep.pcd.bin").write_bytes(b"")
     assert len(ds.points(0)) == keyframe_only

@@ -1,4 +1,8 @@
-"""nuScenes-format dataset: info cache -> points (+ sweeps) -> augmentation -> voxels -> targets."""
+"""The training/evaluation dataset: frame infos -> points (+ sweeps) -> augmentation -> voxels -> targets.
+
+Infos come from a nuScenes-format dataset (real nuScenes or the synthetic world) or a converted Waymo root
+(``data.waymo``); both have the same keys, so everything after them is shared.
+"""
 
 from __future__ import annotations
 
@@ -39,16 +43,17 @@ def frame_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index]))
 
 
-class NuScenesDataset(Dataset):
-    """Frames of one split of a nuScenes-format dataset (real nuScenes or the synthetic world).
+class FrameDataset(Dataset):
+    """Frames of one split of a nuScenes-format dataset or of a converted Waymo root (``dataset.kind``).
 
     Items are ``FrameSample``; an index may also be an ``(epoch, index)`` pair (see ``EpochSampler``)
     so augmentation stays a function of (train.seed, epoch, index) with persistent workers.
 
     Args:
         recipe: dataset, grid and head settings.
-        split: split name (built-in devkit name or a key of <root>/<version>/splits.json).
-        train: apply augmentation, drop boxes without lidar points, use max_voxels_train.
+        split: split name (built-in devkit name or a key of <root>/<version>/splits.json; Waymo: a converted split).
+        train: apply augmentation and class-balanced resampling (``dataset.balanced_resampling``), drop boxes
+            without lidar points, use max_voxels_train.
     """
 
     def __init__(self, recipe: Recipe, split: str, train: bool) -> None:
