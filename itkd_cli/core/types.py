@@ -82,6 +82,8 @@ class Batch(NamedTuple):
     gt_labels: (B, N) int64 class index into the recipe's class_names, 1-based; 0 = padding.
     targets: one TaskTargets per task head.
     tokens: sample token of each frame (dataset's own id).
+    labeled: (B,) bool, False for a frame of the unlabeled pool (``dataset.unlabeled``: no boxes, empty targets;
+        only the KD terms learn from it); None when every frame is labeled.
     """
 
     voxels: Tensor
@@ -92,6 +94,7 @@ class Batch(NamedTuple):
     gt_labels: Tensor
     targets: tuple[TaskTargets, ...]
     tokens: tuple[str, ...]
+    labeled: Optional[Tensor] = None
 
 
 class Detections(NamedTuple):

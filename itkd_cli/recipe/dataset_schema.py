@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 NUSCENES_CLASSES: tuple[str, ...] = (
     "car", "truck", "construction_vehicle", "bus", "trailer",
@@ -37,6 +37,30 @@ class SampledIntervalConfig(Strict):
     val: int = Field(1, ge=1, description="Every N-th frame of dataset.val_split is evaluated.")
 
 
+class UnlabeledConfig(Strict):
+    """Frames nobody annotated, which `itkd compress` mixes into every batch: the KD terms learn from them (object
+    centres from the teacher's own confident detections), the detection loss never does."""
+
+    source: Literal["split", "sweeps", "folder"] = Field(..., description=(
+        "split: the frames of `split` (a split of the dataset, annotations ignored if any); sweeps: the non-key "
+        "LiDAR sweeps between the keyframes of `split`'s scenes (nuScenes; 9 in 10 of its frames); folder: every "
+        "point file in `folder` (.pcd.bin as nuScenes writes them, or .npy (N, 5) as a converted Waymo root)."))
+    split: Optional[str] = Field(None, description="split / sweeps: the split (sweeps: default dataset.train_split).")
+    folder: Optional[str] = Field(None, description="folder: the folder of point files (LiDAR frame, one sweep each).")
+    ratio: float = Field(0.5, gt=0, lt=1, description="Share of each training batch taken from the unlabeled pool.")
+    score_threshold: float = Field(0.3, ge=0, le=1, description=(
+        "Teacher detections scoring above this give the object centres of an unlabeled frame (the head attention "
+        "and MSE-at-centres of itKD, SparseKD's labels)."))
+
+    @model_validator(mode="after")
+    def _check(self) -> "UnlabeledConfig":
+        if self.source == "split" and not self.split:
+            raise ValueError("split: required with source 'split'")
+        if self.source == "folder" and not self.folder:
+            raise ValueError("folder: required with source 'folder'")
+        return self
+
+
 class DatasetConfig(Strict):
     kind: Literal["nuscenes", "waymo"] = Field(
         "nuscenes", description="Dataset format: nuscenes (the 13 tables + .pcd.bin; scored by the devkit) or waymo "
@@ -57,5 +81,7 @@ class DatasetConfig(Strict):
     balanced_resampling: bool = Field(False, description=(
         "Class-balanced resampling (CBGS, OpenPCDet's BALANCED_RESAMPLING) of the train split, seeded by train.seed."))
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Training-time augmentation.")
+    unlabeled: Optional[UnlabeledConfig] = Field(None, description=(
+        "A pool of unannotated frames for distillation (`itkd compress`; every method but `none` uses it)."))
     workers: int = Field(2, ge=0, description="DataLoader worker processes.")
     cache_dir: Optional[str] = Field(None, description="Info-cache folder; default <root>/itkd_cache.")

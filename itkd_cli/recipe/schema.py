@@ -13,7 +13,7 @@ from pydantic import ConfigDict, Field, model_validator
 # The dataset section and the base class live in dataset_schema; importing them here keeps
 # ``from itkd_cli.recipe.schema import DatasetConfig`` (and friends) working everywhere.
 from itkd_cli.recipe.dataset_schema import (  # noqa: F401 - re-exported
-    NUSCENES_CLASSES, AugmentConfig, DatasetConfig, SampledIntervalConfig, Strict,
+    NUSCENES_CLASSES, AugmentConfig, DatasetConfig, SampledIntervalConfig, Strict, UnlabeledConfig,
 )
 
 
