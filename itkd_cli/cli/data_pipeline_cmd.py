@@ -62,7 +62,7 @@ def _prepare_recipe(recipe: str, overrides: List[str], json_out: bool) -> None:
     result: dict = {"cache_dir": str(cache_dir(cfg)), "splits": {}}
     train_infos: list = []
     for split in dict.fromkeys([cfg.train_split, cfg.val_split]):
-        say(f"indexing split [bold]{split}[/] of {Path(cfg.root) / cfg.version}")
+        say(f"indexing split [bold]{split}[/] of {cfg.root if cfg.kind == 'waymo' else Path(cfg.root) / cfg.version}")
         if cfg.kind == "waymo":  # the converted root's segment indexes are the cache
             infos, path = load_infos(cfg, split), Path(cfg.root)
         else:
