@@ -21,7 +21,7 @@ def _print_summary(summary: dict) -> None:
     title = f"{summary['out']} (Waymo segments)" if waymo else f"{summary['out']}/{summary['version']}"
     table = Table(title=title, show_header=False)
     for key in ("preset", "seed", "scenes", "frames", "keyframes", "sweeps", "waymo_frames", "annotations",
-                "points_per_keyframe", "points_per_frame", "splits", "seconds"):
+                "points_per_keyframe", "points_per_frame", "splits", "unlabeled_scenes", "unlabeled_frames", "seconds"):
         if key in summary:
             table.add_row(key, str(summary[key]))
     result(table)
@@ -41,6 +41,10 @@ def register(app: typer.Typer) -> None:
         layout: str = typer.Option("nuscenes", "--format", help=(
             "nuscenes (13 tables + .pcd.bin, v1.0-synth) or waymo (segment TFRecords in training/ and validation/, "
             "written by the Waymo venv; then `itkd data prepare --dataset waymo`).")),
+        unlabeled_scenes: int = typer.Option(0, "--unlabeled-scenes", help=(
+            "Extra scenes written without annotations, for distillation on unlabeled frames (dataset.unlabeled): "
+            "split synth_unlabeled of splits.json (--format waymo: segments in unlabeled/, converted as split "
+            "unlabeled). The other scenes stay byte-identical.")),
         json_out: bool = JsonOpt,
     ) -> None:
         """Render a procedural street with a simulated 32-beam LiDAR into nuScenes format (v1.0-synth) or as Waymo
@@ -51,7 +55,8 @@ def register(app: typer.Typer) -> None:
         with Progress(*columns, console=console, transient=True, disable=STATE["quiet"]) as progress:
             task = progress.add_task("synth", total=None)
             summary = generate(out, scenes=scenes, frames=frames, seed=seed, preset=preset, layout=layout,
-                               progress=lambda done, total: progress.update(task, completed=done, total=total))
+                               progress=lambda done, total: progress.update(task, completed=done, total=total),
+                               unlabeled_scenes=unlabeled_scenes)
         for folder in summary["cleared_staging"]:
             say(f"removed {folder}: staging folder of an interrupted run")
         for folder in summary["unknown_staging"]:

@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.io import write_json
-from itkd_cli.data.infos import frame_info, open_nuscenes, split_sample_tokens
+from itkd_cli.data.infos import frame_info, open_nuscenes, split_sample_tokens, sweep_infos
 from itkd_cli.data.waymo import waymo_infos
 from itkd_cli.recipe.schema import DatasetConfig
 
@@ -69,8 +69,8 @@ def write_infos(cfg: DatasetConfig, split: str, infos: list[dict]) -> Path:
     return write_json(info_path(cfg, split), {"meta": _meta(cfg, split), "infos": infos})
 
 
-def load_infos(cfg: DatasetConfig, split: str, build_missing: bool = True) -> list[dict]:
-    """Frame infos of a split, every ``dataset.sampled_interval``-th frame of it.
+def load_infos(cfg: DatasetConfig, split: str, build_missing: bool = True, sampled: bool = True) -> list[dict]:
+    """Frame infos of a split, every ``dataset.sampled_interval``-th frame of it (every frame when not ``sampled``).
 
     nuScenes infos come from the cache, (re)built and written when absent or stale; a converted Waymo
     root's segment indexes are read as they are (they are the cache).
@@ -83,24 +83,40 @@ def load_infos(cfg: DatasetConfig, split: str, build_missing: bool = True) -> li
     else:
         infos = _nuscenes_infos(cfg, split, build_missing)
     step = {cfg.train_split: cfg.sampled_interval.train, cfg.val_split: cfg.sampled_interval.val}.get(split, 1)
-    return infos[::step]
+    return infos[::step] if sampled else infos
 
 
-def _nuscenes_infos(cfg: DatasetConfig, split: str, build_missing: bool) -> list[dict]:
-    path = info_path(cfg, split)
+def _cached(path: Path, meta: dict, build: Callable[[], list[dict]], build_missing: bool) -> list[dict]:
+    """The infos stored at ``path`` when their meta matches, else ``build()`` written there."""
     if path.is_file():
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ItkdError(f"{path}: unreadable info cache ({exc})",
                             hint="delete it and run `itkd data prepare --recipe ...`") from None
-        if isinstance(data, dict) and data.get("meta") == _meta(cfg, split):
+        if isinstance(data, dict) and data.get("meta") == meta:
             return data["infos"]
     if not build_missing:
         raise ItkdError(f"{path}: info cache missing or stale", hint="run `itkd data prepare --recipe ...`")
-    infos = build_infos(cfg, split)
-    write_infos(cfg, split, infos)
+    infos = build()
+    write_json(path, {"meta": meta, "infos": infos})
     return infos
+
+
+def _nuscenes_infos(cfg: DatasetConfig, split: str, build_missing: bool) -> list[dict]:
+    return _cached(info_path(cfg, split), _meta(cfg, split), lambda: build_infos(cfg, split), build_missing)
+
+
+def load_sweep_infos(cfg: DatasetConfig, split: str) -> list[dict]:
+    """Infos of the non-key LiDAR sweeps of a nuScenes split's scenes (``infos.sweep_infos``), cached in
+    <cache_dir>/<version>_<split>_sweeps.json under the key of the split's own cache (a regenerated dataset
+    or other sweep settings rebuild it)."""
+    def build() -> list[dict]:
+        nusc = open_nuscenes(cfg.root, cfg.version)
+        return sweep_infos(nusc, split, cfg.sweeps, cfg.max_sweep_lag)
+
+    path = cache_dir(cfg) / f"{cfg.version}_{split}_sweeps.json"
+    return _cached(path, {**_meta(cfg, split), "pool": "sweeps"}, build, True)
 
 
 def frame_tokens(infos: list[dict]) -> list[str]:

@@ -26,7 +26,7 @@ class FrameSample(NamedTuple):
 
     voxels: (V, P, F) float32. coords: (V, 3) int32 (z, y, x). num_points: (V,) int32.
     gt_boxes: (K, 9) float32. gt_labels: (K,) int64 1-based. targets: one FrameTargets per task.
-    token: sample token.
+    token: sample token. labeled: False for a frame of the unlabeled pool (no boxes, empty targets).
     """
 
     voxels: np.ndarray
@@ -36,6 +36,20 @@ class FrameSample(NamedTuple):
     gt_labels: np.ndarray
     targets: tuple[FrameTargets, ...]
     token: str
+    labeled: bool = True
+
+
+def split_infos(recipe: Recipe, split: str, train: bool) -> list[dict]:
+    """The frame infos a dataset of ``split`` reads: every ``dataset.sampled_interval``-th frame, class-balanced
+    (CBGS, ``dataset.balanced_resampling``, drawn once from train.seed so a resume rebuilds the list) when training.
+    """
+    cfg = recipe.dataset
+    infos = load_infos(cfg, split)
+    if train and cfg.balanced_resampling:
+        from itkd_cli.data.balance import balanced_indices
+
+        infos = [infos[i] for i in balanced_indices(infos, cfg.class_names, recipe.train.seed, split)]
+    return infos
 
 
 def frame_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -54,16 +68,16 @@ class FrameDataset(Dataset):
         split: split name (built-in devkit name or a key of <root>/<version>/splits.json; Waymo: a converted split).
         train: apply augmentation and class-balanced resampling (``dataset.balanced_resampling``), drop boxes
             without lidar points, use max_voxels_train.
+        infos: read these frame infos instead of the split's (no sampled interval, no resampling), e.g. the
+            training split's (``split_infos``) followed by the unlabeled pool's (``unlabeled.load_pool``); an info
+            with ``"labeled": False`` gives a sample without boxes that GT sampling never pastes into. ``split``
+            then only names the GT database and the errors.
     """
 
-    def __init__(self, recipe: Recipe, split: str, train: bool) -> None:
+    def __init__(self, recipe: Recipe, split: str, train: bool, *, infos: Optional[list[dict]] = None) -> None:
         self.recipe, self.split, self.train = recipe, split, train
         cfg = recipe.dataset
-        self.infos = load_infos(cfg, split)
-        if train and cfg.balanced_resampling:  # CBGS: drawn once from train.seed, so a resume rebuilds this list
-            from itkd_cli.data.balance import balanced_indices
-
-            self.infos = [self.infos[i] for i in balanced_indices(self.infos, cfg.class_names, recipe.train.seed, split)]
+        self.infos = split_infos(recipe, split, train) if infos is None else list(infos)
         self._index = info_index(self.infos)
         self.voxelizer = Voxelizer(recipe.model, train)
         self.epoch = 0
@@ -110,11 +124,15 @@ class FrameDataset(Dataset):
     def _sample(self, item: int | tuple[int, int]) -> FrameSample:
         epoch, index = item if isinstance(item, tuple) else (self.epoch, item)
         points, (boxes, labels) = self.points(index), self.annotations(index)
+        labeled = bool(self.infos[index].get("labeled", True))
         if self.train:
             rng = frame_rng(self.recipe.train.seed, epoch, index)
-            points, boxes, labels = augment(points, boxes, labels, self.recipe.dataset.augment, rng, self.db)
+            # No GT sampling into an unlabeled frame: its collision test needs the frame's boxes, and there are
+            # none, so pasted objects would land inside real, unannotated ones.
+            db = self.db if labeled else None
+            points, boxes, labels = augment(points, boxes, labels, self.recipe.dataset.augment, rng, db)
         points, boxes, labels = range_filter(points, boxes, labels, self.recipe.model.grid.point_range)
         vox = self.voxelizer(points)
         targets = assign_targets(boxes, labels, self.recipe)
         return FrameSample(vox.voxels, vox.coords, vox.num_points, boxes.astype(np.float32), labels,
-                           targets, self.infos[index]["token"])
+                           targets, self.infos[index]["token"], labeled)

@@ -1,7 +1,8 @@
 """Read nuScenes tables through the devkit into plain per-frame infos (lists, floats, strings).
 
 One info per keyframe: LiDAR file, previous sweeps with their transform into the keyframe LiDAR frame,
-the keyframe pose, and every annotation as an OpenPCDet box in the keyframe LiDAR frame.
+the keyframe pose, and every annotation as an OpenPCDet box in the keyframe LiDAR frame. The non-key
+sweeps of a split's scenes (an unlabeled pool, ``sweep_infos``) get the same keys, without annotations.
 """
 
 from __future__ import annotations
@@ -178,3 +179,40 @@ def frame_info(nusc: Any, sample_token: str, sweeps: int, max_lag: float) -> dic
         "sweeps": _sweeps(nusc, sd, global_to_key, sweeps - 1, max_lag),
         "gt_boxes": boxes, "gt_names": names, "num_lidar_pts": npts, "ann_tokens": tokens,
     }
+
+
+def _unannotated(sd: dict, lidar_to_global: np.ndarray, sweeps: list[dict]) -> dict:
+    """The info of a LiDAR sample_data nobody annotated: the keys of ``frame_info``, empty annotations."""
+    return {
+        "token": sd["token"], "lidar_token": sd["token"], "lidar_path": sd["filename"],
+        "timestamp": sd["timestamp"], "lidar_to_global": lidar_to_global.tolist(), "sweeps": sweeps,
+        "gt_boxes": [], "gt_names": [], "num_lidar_pts": [], "ann_tokens": [], "labeled": False,
+    }
+
+
+def sweep_infos(nusc: Any, split: str, sweeps: int, max_lag: float) -> list[dict]:
+    """Every non-key LIDAR_TOP sample_data of the scenes of ``split``, as frame infos of its own.
+
+    Each sweep is a frame: its own LiDAR frame and pose (``lidar_to_global``), token = its sample_data token,
+    its own previous sweeps (keyframes included) within ``max_lag`` for multi-sweep input, no annotations and
+    ``"labeled": False``. Scenes in the devkit's order, sweeps in time order.
+
+    Raises:
+        ItkdError: unknown split, dangling tokens.
+    """
+    wanted = set(split_scenes(nusc.dataroot, nusc.version, split))
+    scene_of = {}  # sample token -> rank of its scene among the split's
+    for rank, scene in enumerate(s for s in nusc.scene if s["name"] in wanted):
+        token = scene["first_sample_token"]
+        while token:
+            scene_of[token] = rank
+            token = get_record(nusc, "sample", token, f"scene {scene['name']}")["next"]
+    found = sorted((scene_of[sd["sample_token"]], sd["timestamp"], sd["token"]) for sd in nusc.sample_data
+                   if not sd["is_key_frame"] and sd.get("channel") == LIDAR and sd["sample_token"] in scene_of)
+    infos = []
+    for _, _, token in found:
+        sd = get_record(nusc, "sample_data", token, f"split {split}")
+        lidar_to_global = _sensor_to_global(nusc, sd)
+        infos.append(_unannotated(sd, lidar_to_global, _sweeps(nusc, sd, np.linalg.inv(lidar_to_global), sweeps - 1,
+                                                               max_lag)))
+    return infos

@@ -23,8 +23,9 @@ from itkd_cli.data.waymo import (
 
 LIDARS = ("all", "top")
 RETURNS = (1, 2)
-# Waymo's own folder names for the released splits -> the split names itkd's Waymo recipes use.
-SPLIT_FOLDERS = {"training": "train", "validation": "val"}
+# Waymo's own folder names for the released splits -> the split names itkd's Waymo recipes use; unlabeled/
+# (`itkd data synth --format waymo --unlabeled-scenes N`: frames without labels) -> a dataset.unlabeled pool.
+SPLIT_FOLDERS = {"training": "train", "validation": "val", "unlabeled": "unlabeled"}
 
 Progress = Callable[[int, int, int], None]  # (segments done, segments total, frames converted)
 
@@ -33,10 +34,11 @@ def sources_by_split(src: Path, split: Optional[str]) -> dict[str, list[Path]]:
     """The TFRecords to convert, per split.
 
     With ``split`` every .tfrecord of ``src`` (a file or a folder) belongs to it; without, ``src`` must
-    hold Waymo's training/ and/or validation/ folders, which become the train / val splits.
+    hold Waymo's training/ and/or validation/ folders, which become the train / val splits (and an unlabeled/
+    folder the split ``unlabeled``).
 
     Raises:
-        ItkdError: no TFRecord there, or no split named and no training/validation folder.
+        ItkdError: no TFRecord there, or no split named and no training/validation/unlabeled folder.
     """
     if split is not None:
         if not split or "/" in split:
@@ -44,7 +46,7 @@ def sources_by_split(src: Path, split: Optional[str]) -> dict[str, list[Path]]:
         return {split: tfrecord_files(src)}
     found = {name: tfrecord_files(src / folder) for folder, name in SPLIT_FOLDERS.items() if (src / folder).is_dir()}
     if not found:
-        raise ItkdError(f"--src {src}: no training/ or validation/ folder, and no --split given",
+        raise ItkdError(f"--src {src}: no training/, validation/ or unlabeled/ folder, and no --split given",
                         hint="name the split these segments form: --split train (or --split val)")
     return found
 
@@ -125,7 +127,8 @@ def prepare_waymo(src: Path, out: Path, split: Optional[str] = None, lidars: str
     """Convert Waymo segments into a root that ``dataset.kind: waymo`` recipes train and evaluate on.
 
     Args:
-        src: a .tfrecord, a folder of them, or a folder with Waymo's training/ and validation/ folders.
+        src: a .tfrecord, a folder of them, or a folder with Waymo's training/ and validation/ folders (and
+            unlabeled/, converted as split ``unlabeled``).
         out: the converted root (new, empty, or one converted earlier with the same options).
         split: the split the segments form (default: from training/ -> train, validation/ -> val).
         lidars: "all" five LiDARs (OpenPCDet) or the "top" one only.

@@ -134,10 +134,13 @@ def test_sources_from_waymo_split_folders_or_a_named_split(tmp_path: Path) -> No
     val = _records(tmp_path / "raw" / "validation", ["s3"])
     assert waymo_prepare.sources_by_split(tmp_path / "raw", None) == {"train": train, "val": val}
     assert waymo_prepare.sources_by_split(tmp_path / "raw" / "training", "mine") == {"mine": train}
-    with pytest.raises(ItkdError, match="no training/ or validation/ folder, and no --split"):
+    with pytest.raises(ItkdError, match="no training/, validation/ or unlabeled/ folder, and no --split"):
         waymo_prepare.sources_by_split(tmp_path / "raw" / "training", None)
     with pytest.raises(ItkdError, match="folder holds no .tfrecord file"):
         waymo_prepare.sources_by_split(tmp_path, "train")
+    # `itkd data synth --format waymo --unlabeled-scenes N` writes unlabeled/: converted as split `unlabeled`
+    pool = _records(tmp_path / "raw" / "unlabeled", ["s9"])
+    assert waymo_prepare.sources_by_split(tmp_path / "raw", None) == {"train": train, "val": val, "unlabeled": pool}
 
 
 class FakeWorker:

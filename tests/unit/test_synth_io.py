@@ -83,3 +83,47 @@ def test_interrupted_run_leaves_nothing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         generate(tmp_path / "cut", preset="small", scenes=2, frames=2, progress=stop)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unlabeled_scenes_leave_the_labeled_world_as_it_was(tmp_path):
+    from itkd_cli.data.synth import TRAIN_SPLIT, UNLABELED_SPLIT, VAL_SPLIT
+
+    plain = generate(tmp_path / "a", preset="small", scenes=2, frames=2, seed=7)
+    more = generate(tmp_path / "b", preset="small", scenes=2, frames=2, seed=7, unlabeled_scenes=2)
+    fa, fb = _files(tmp_path / "a"), _files(tmp_path / "b")
+    points = [k for k in fa if k.endswith(".pcd.bin")]
+    assert points and all(fb[k] == fa[k] for k in points)  # every point file of the labeled scenes, byte for byte
+    assert len([k for k in fb if k.endswith(".pcd.bin")]) == 2 * len(points)  # 2 more scenes, sweeps included
+    for name in TABLES:
+        if name != "map":  # the map lists every log, the new scenes' too
+            rows = json.loads(fb[f"{VERSION}/{name}.json"])
+            assert all(row in rows for row in json.loads(fa[f"{VERSION}/{name}.json"])), name
+    splits = json.loads(fb[f"{VERSION}/splits.json"])
+    assert splits == {**json.loads(fa[f"{VERSION}/splits.json"]), UNLABELED_SPLIT: ["scene-0003", "scene-0004"]}
+    assert set(splits) == {TRAIN_SPLIT, VAL_SPLIT, UNLABELED_SPLIT}
+    # the new scenes: keyframes and sweeps, no annotation
+    tables = {n: json.loads(fb[f"{VERSION}/{n}.json"]) for n in ("scene", "sample", "sample_data", "sample_annotation")}
+    new = {s["token"] for s in tables["scene"] if s["name"] in splits[UNLABELED_SPLIT]}
+    samples = {s["token"] for s in tables["sample"] if s["scene_token"] in new}
+    rows = [r for r in tables["sample_data"] if r["sample_token"] in samples]
+    assert len(samples) == 4 and sum(not r["is_key_frame"] for r in rows) == 4 and len(rows) == 8
+    assert not any(a["sample_token"] in samples for a in tables["sample_annotation"])
+    assert {k: more[k] for k in ("keyframes", "sweeps", "annotations")} == {k: plain[k] for k in
+                                                                          ("keyframes", "sweeps", "annotations")}
+    assert more["unlabeled_scenes"] == 2 and more["unlabeled_frames"] == 8 and "unlabeled_scenes" not in plain
+    # the marker: unchanged without the flag (older worlds stay reusable), the count recorded with it
+    args_a, args_b = (json.loads(fa[MARKER])["args"], json.loads(fb[MARKER])["args"])
+    assert "unlabeled_scenes" not in args_a and args_b == {**args_a, "unlabeled_scenes": 2}
+    assert generate(tmp_path / "b", preset="small", scenes=2, frames=2, seed=7, unlabeled_scenes=2)["reused"]
+    with pytest.raises(ItkdError, match="other settings .*--unlabeled-scenes 2"):
+        generate(tmp_path / "b", preset="small", scenes=2, frames=2, seed=7)
+    with pytest.raises(ItkdError, match="--unlabeled-scenes: -1 must be >= 0"):
+        generate(tmp_path / "c", preset="small", unlabeled_scenes=-1)
+
+
+def test_cli_unlabeled_scenes(tmp_path):
+    res = CliRunner().invoke(app, ["data", "synth", "--out", str(tmp_path / "u"), "--preset", "small", "--frames", "1",
+                                   "--unlabeled-scenes", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["splits"]["synth_unlabeled"] == 1 and summary["unlabeled_scenes"] == 1

@@ -75,3 +75,43 @@ def test_waymo_columns_match_the_caster() -> None:
     waymo = np.pi - (np.arange(width) + 0.5) * step
     np.testing.assert_allclose(np.angle(np.exp(1j * (caster - waymo))), 0.0, atol=1e-9)
     assert sorted(k.tolist()) == list(range(width))
+
+
+def test_unlabeled_segments_carry_no_labels_and_leave_the_others_as_they_were(tmp_path, monkeypatch) -> None:
+    """render_waymo with the Waymo venv's `write` faked: what each segment would be written from."""
+    import json
+    from pathlib import Path
+
+    from itkd_cli.data.synth import waymo_writer
+
+    written: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+
+    def fake_write(command: str, record: Path, frames_dir: Path) -> None:
+        assert command == "write"
+        names = json.loads((Path(frames_dir) / "frames.json").read_text())["frames"]
+        frames = {}
+        for name in names:
+            with np.load(Path(frames_dir) / name) as z:
+                frames[name] = {k: z[k] for k in z.files}
+        written[str(Path(record).relative_to(Path(record).parents[1]))] = frames
+        Path(record).write_bytes(b"")
+
+    monkeypatch.setattr(waymo_writer, "run_tool", fake_write)
+    args = {"scenes": 2, "frames": 1, "seed": 0, "val_scenes": 1}
+    (tmp_path / "a").mkdir()
+    plain = waymo_writer.render_waymo(tmp_path / "a", get_preset("small"), args, None)
+    before = dict(written)
+    written.clear()
+    (tmp_path / "b").mkdir()
+    more = waymo_writer.render_waymo(tmp_path / "b", get_preset("small"), {**args, "unlabeled_scenes": 1}, None)
+    assert plain["splits"] == {"training": 1, "validation": 1} and "unlabeled_scenes" not in plain
+    assert more["splits"] == {"training": 1, "validation": 1, "unlabeled": 1} and more["unlabeled_frames"] == 2
+    assert more["annotations"] == plain["annotations"] > 0
+    unlabeled = written.pop("unlabeled/segment-synth-0-0003.tfrecord")
+    assert written.keys() == before.keys()
+    for record, frames in before.items():  # the labeled segments: the same arrays
+        for name, arrays in frames.items():
+            assert all(np.array_equal(arrays[k], written[record][name][k]) for k in arrays), (record, name)
+    for arrays in unlabeled.values():
+        assert arrays["label_boxes"].shape == (0, 7) and len(arrays["label_types"]) == len(arrays["label_ids"]) == 0
+        assert (arrays[f"ri1_{TOP}"][..., 0] > 0).sum() > 1000  # its points are all there

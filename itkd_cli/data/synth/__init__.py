@@ -9,9 +9,10 @@ from typing import Any
 from itkd_cli.data.synth.presets import PRESETS, Preset, get_preset
 
 _LAZY = {"generate": "render", "MARKER": "render", "TRAIN_SPLIT": "render", "VAL_SPLIT": "render",
-         "VERSION": "writer"}
+         "UNLABELED_SPLIT": "render", "VERSION": "writer"}
 
-__all__ = ["generate", "PRESETS", "Preset", "get_preset", "VERSION", "MARKER", "TRAIN_SPLIT", "VAL_SPLIT"]
+__all__ = ["generate", "PRESETS", "Preset", "get_preset", "VERSION", "MARKER", "TRAIN_SPLIT", "VAL_SPLIT",
+           "UNLABELED_SPLIT"]
 
 
 def __getattr__(name: str) -> Any:

@@ -27,13 +27,15 @@ MARKER = ".itkd-synth.json"
 FORMAT = 1  # bump when the generator's output changes for the same arguments
 # Custom split names: the devkit treats 'train'/'val' as the official nuScenes scene lists.
 TRAIN_SPLIT, VAL_SPLIT = "synth_train", "synth_val"
+# The scenes of --unlabeled-scenes: written like the others, without annotations (a dataset.unlabeled pool).
+UNLABELED_SPLIT = "synth_unlabeled"
 LAYOUTS = ("nuscenes", "waymo")
 
 Progress = Callable[[int, int], None]
 
 
 def _resolve(preset: str, scenes: Optional[int], frames: Optional[int], seed: int,
-             layout: str = "nuscenes") -> tuple[Preset, dict]:
+             layout: str = "nuscenes", unlabeled_scenes: int = 0) -> tuple[Preset, dict]:
     """Check the arguments and return the preset and the full argument record."""
     if layout not in LAYOUTS:
         raise ItkdError(f"--format {layout}: expected one of {', '.join(LAYOUTS)}")
@@ -46,9 +48,14 @@ def _resolve(preset: str, scenes: Optional[int], frames: Optional[int], seed: in
         raise ItkdError(f"--frames: {frames} must be at least 1")
     if seed < 0:
         raise ItkdError(f"--seed: {seed} must be >= 0")
+    if unlabeled_scenes < 0:
+        raise ItkdError(f"--unlabeled-scenes: {unlabeled_scenes} must be >= 0")
     val = min(scenes - 1, max(1, round(scenes * p.val_scenes / p.scenes)))
     args = {"format": FORMAT, "preset": p.name, "scenes": scenes, "frames": frames, "seed": seed, "val_scenes": val}
-    # Only a Waymo world records its layout, so that nuScenes worlds written before it stay reusable.
+    # Only a Waymo world records its layout (and only a world with unlabeled scenes their count), so that
+    # worlds written before these arguments existed stay reusable.
+    if unlabeled_scenes:
+        args["unlabeled_scenes"] = unlabeled_scenes
     return p, args if layout == "nuscenes" else {**args, "layout": layout}
 
 
@@ -57,6 +64,8 @@ def _describe(args: object) -> str:
     if not isinstance(args, dict):
         return "unknown"
     flags = " ".join(f"--{k} {args[k]}" for k in ("preset", "scenes", "frames", "seed") if k in args)
+    if args.get("unlabeled_scenes"):
+        flags += f" --unlabeled-scenes {args['unlabeled_scenes']}"
     flags += f" --format {args.get('layout', 'nuscenes')}"
     return f"{flags}, generator format {args.get('format')}"
 
@@ -95,7 +104,8 @@ def _render_all(tmp: Path, p: Preset, args: dict, progress: Optional[Progress]) 
     renderer = SceneRenderer(tmp, p, args["frames"], args["seed"], lidar)
     tables = {**static_tables(), "log": [], "sample": [], "sample_data": [], "ego_pose": [],
               "sample_annotation": [], "instance": [], "scene": []}
-    total = args["scenes"] * len(sweep_times(args["frames"], p.sweeps_between))
+    unlabeled = args.get("unlabeled_scenes", 0)
+    total = (args["scenes"] + unlabeled) * len(sweep_times(args["frames"], p.sweeps_between))
     done = [0]
 
     def tick(_key: bool) -> None:
@@ -104,27 +114,38 @@ def _render_all(tmp: Path, p: Preset, args: dict, progress: Optional[Progress]) 
             progress(done[0], total)
 
     stats = {"keyframes": 0, "sweeps": 0, "points": 0, "annotations": 0}
-    names = [f"scene-{i + 1:04d}" for i in range(args["scenes"])]
-    for i, name in enumerate(names):
+    names = [f"scene-{i + 1:04d}" for i in range(args["scenes"] + unlabeled)]
+    unlabeled_frames = 0
+    for i, name in enumerate(names):  # scene i is seeded by (seed, i): unlabeled scenes leave the others as they were
         records, scene_stats = renderer.render(i, name, tick)
+        if i >= args["scenes"]:  # an unlabeled scene: every sweep written, no annotation, no instance
+            records = {**records, "sample_annotation": [], "instance": []}
+            unlabeled_frames += scene_stats["keyframes"] + scene_stats["sweeps"]
+        else:
+            for k in stats:
+                stats[k] += scene_stats[k]
         for table, rows in records.items():
             tables[table] += rows
-        for k in stats:
-            stats[k] += scene_stats[k]
     tables["map"] = [{"token": token(args["seed"], "map"), "log_tokens": [r["token"] for r in tables["log"]],
                       "category": "semantic_prior", "filename": ""}]
-    n_val = args["val_scenes"]
-    splits = {TRAIN_SPLIT: names[:-n_val], VAL_SPLIT: names[-n_val:]}
+    n_val, labeled = args["val_scenes"], names[:args["scenes"]]
+    splits = {TRAIN_SPLIT: labeled[:-n_val], VAL_SPLIT: labeled[-n_val:]}
+    if unlabeled:
+        splits[UNLABELED_SPLIT] = names[args["scenes"]:]
     write_tables(tmp / VERSION, tables, splits)
-    return {"version": VERSION, "preset": p.name, "seed": args["seed"], "scenes": args["scenes"],
-            "frames": args["frames"], "keyframes": stats["keyframes"], "sweeps": stats["sweeps"],
-            "annotations": stats["annotations"],
-            "points_per_keyframe": round(stats["points"] / max(stats["keyframes"], 1), 1),
-            "splits": {k: len(v) for k, v in splits.items()}}
+    summary = {"version": VERSION, "preset": p.name, "seed": args["seed"], "scenes": args["scenes"],
+               "frames": args["frames"], "keyframes": stats["keyframes"], "sweeps": stats["sweeps"],
+               "annotations": stats["annotations"],
+               "points_per_keyframe": round(stats["points"] / max(stats["keyframes"], 1), 1),
+               "splits": {k: len(v) for k, v in splits.items()}}
+    if unlabeled:  # counts above are the labeled scenes'
+        summary.update(unlabeled_scenes=unlabeled, unlabeled_frames=unlabeled_frames)
+    return summary
 
 
 def generate(out: str | Path, scenes: Optional[int] = None, frames: Optional[int] = None, seed: int = 0,
-             preset: str = "default", progress: Optional[Progress] = None, layout: str = "nuscenes") -> dict:
+             preset: str = "default", progress: Optional[Progress] = None, layout: str = "nuscenes",
+             unlabeled_scenes: int = 0) -> dict:
     """Write the synthetic world as a nuScenes dataset (version folder `v1.0-synth`) under `out`, or with
     ``layout="waymo"`` as Waymo segments (`training/` and `validation/` TFRecords, written by the Waymo venv).
 
@@ -136,6 +157,9 @@ def generate(out: str | Path, scenes: Optional[int] = None, frames: Optional[int
         preset: Preset name (see presets.py).
         progress: Optional callable(sweeps_done, sweeps_total).
         layout: "nuscenes" or "waymo".
+        unlabeled_scenes: extra scenes (after the others, seeded by their index like them: the labeled scenes
+            are byte-identical to a world without them) written without annotations: split ``UNLABELED_SPLIT``
+            of splits.json (Waymo: segments in `unlabeled/`, frames without labels).
 
     Returns:
         Summary dict: out, version, counts, points per keyframe, split sizes, seconds, reused, the staging
@@ -144,7 +168,7 @@ def generate(out: str | Path, scenes: Optional[int] = None, frames: Optional[int
     Raises:
         ItkdError: bad arguments, `out` is taken by something else, or writing failed (nothing is kept).
     """
-    p, args = _resolve(preset, scenes, frames, seed, layout)
+    p, args = _resolve(preset, scenes, frames, seed, layout, unlabeled_scenes)
     if layout == "waymo":
         waymo_python()  # no Waymo venv: one line naming the command that makes it, before any rendering
     out = Path(out)

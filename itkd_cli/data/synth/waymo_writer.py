@@ -33,6 +33,7 @@ VEHICLE, PEDESTRIAN, CYCLIST = 1, 2, 4  # label_pb2.Label.Type
 WAYMO_TYPES = {"car": VEHICLE, "truck": VEHICLE, "bus": VEHICLE, "trailer": VEHICLE, "construction_vehicle": VEHICLE,
                "motorcycle": VEHICLE, "pedestrian": PEDESTRIAN, "bicycle": CYCLIST}
 TRAIN_FOLDER, VAL_FOLDER = "training", "validation"  # Waymo's own split folders
+UNLABELED_FOLDER = "unlabeled"  # the segments of --unlabeled-scenes: frames without labels
 
 Progress = Callable[[int, int], None]
 
@@ -65,8 +66,12 @@ class SegmentRenderer:
             raise ValueError(f"preset {preset.name}: {width} azimuth columns; the Waymo grid needs an even count")
         self.columns = waymo_columns(width)
 
-    def render(self, index: int, name: str, frames_dir: Path, progress: Optional[Callable[[], None]] = None) -> dict:
-        """Write the segment's frames as .npz files plus frames.json into ``frames_dir``; returns counts."""
+    def render(self, index: int, name: str, frames_dir: Path, progress: Optional[Callable[[], None]] = None,
+               labeled: bool = True) -> dict:
+        """Write the segment's frames as .npz files plus frames.json into ``frames_dir``; returns counts.
+
+        Without ``labeled`` the frames carry no label (the same points: the world is seeded by ``index`` alone).
+        """
         world = build_world(np.random.default_rng([self.seed, index, 0]), self.preset, self.frames)
         frames_dir.mkdir(parents=True)
         files, stats = [], {"frames": 0, "points": 0, "annotations": 0}
@@ -74,6 +79,8 @@ class SegmentRenderer:
             stamp = BASE_TIME_US + index * 3_600_000_000 + 1_000_000 + int(round(t * 1e6))
             arrays, points = self._frame(world, t, stamp, np.random.default_rng([self.seed, index, 1, ti]))
             arrays["label_ids"] = np.array([f"{name}-{i}" for i in arrays.pop("thing")], dtype=str)
+            if not labeled:
+                arrays.update(no_labels())
             files.append(f"frame_{ti:04d}.npz")
             np.savez(frames_dir / files[-1], **arrays)
             stats["frames"] += 1
@@ -118,6 +125,14 @@ class SegmentRenderer:
                 "label_difficulty": np.zeros(len(things), np.uint8)}
 
 
+def no_labels() -> dict[str, np.ndarray]:
+    """The label arrays of a frame without labels (K = 0), in the dtypes ``_labels`` gives."""
+    return {"label_boxes": np.zeros((0, 7)), "label_types": np.zeros(0, np.uint8),
+            "label_speed": np.zeros((0, 2)), "label_accel": np.zeros((0, 2)),
+            "label_num_points": np.zeros(0, np.int64), "label_difficulty": np.zeros(0, np.uint8),
+            "label_ids": np.zeros(0, dtype="<U1")}
+
+
 def _translation(t: np.ndarray) -> np.ndarray:
     out = np.eye(4)
     out[:3, 3] = t
@@ -125,10 +140,12 @@ def _translation(t: np.ndarray) -> np.ndarray:
 
 
 def render_waymo(tmp: Path, p: Preset, args: dict, progress: Optional[Progress]) -> dict:
-    """Render every scene into ``tmp/training`` and ``tmp/validation`` as segment TFRecords; returns the summary."""
+    """Render every scene into ``tmp/training`` and ``tmp/validation`` as segment TFRecords (the scenes of
+    ``args["unlabeled_scenes"]``, after those, into ``tmp/unlabeled`` without labels); returns the summary."""
     renderer = SegmentRenderer(p, args["frames"], args["seed"])
     per_scene = len(sweep_times(args["frames"], p.sweeps_between))
-    total, done = args["scenes"] * per_scene, [0]
+    unlabeled = args.get("unlabeled_scenes", 0)
+    total, done = (args["scenes"] + unlabeled) * per_scene, [0]
 
     def tick() -> None:
         done[0] += 1
@@ -137,17 +154,26 @@ def render_waymo(tmp: Path, p: Preset, args: dict, progress: Optional[Progress])
 
     n_val = args["val_scenes"]
     stats = {"frames": 0, "points": 0, "annotations": 0}
-    splits = {TRAIN_FOLDER: 0, VAL_FOLDER: 0}
-    for i in range(args["scenes"]):
+    splits = {TRAIN_FOLDER: 0, VAL_FOLDER: 0, **({UNLABELED_FOLDER: 0} if unlabeled else {})}
+    unlabeled_frames = 0
+    for i in range(args["scenes"] + unlabeled):
         name = f"synth-{args['seed']}-{i + 1:04d}"
-        folder = VAL_FOLDER if i >= args["scenes"] - n_val else TRAIN_FOLDER
+        labeled = i < args["scenes"]
+        folder = UNLABELED_FOLDER if not labeled else VAL_FOLDER if i >= args["scenes"] - n_val else TRAIN_FOLDER
         (tmp / folder).mkdir(exist_ok=True)
         frames_dir = tmp / f".frames-{i}"
-        for key, value in renderer.render(i, name, frames_dir, tick).items():
-            stats[key] += value
+        counts = renderer.render(i, name, frames_dir, tick, labeled=labeled)
+        if labeled:
+            for key, value in counts.items():
+                stats[key] += value
+        else:
+            unlabeled_frames += counts["frames"]
         run_tool("write", tmp / folder / f"segment-{name}.tfrecord", frames_dir)
         shutil.rmtree(frames_dir)
         splits[folder] += 1
-    return {"version": "waymo", "preset": p.name, "seed": args["seed"], "scenes": args["scenes"],
-            "frames": args["frames"], "waymo_frames": stats["frames"], "annotations": stats["annotations"],
-            "points_per_frame": round(stats["points"] / max(stats["frames"], 1), 1), "splits": splits}
+    summary = {"version": "waymo", "preset": p.name, "seed": args["seed"], "scenes": args["scenes"],
+               "frames": args["frames"], "waymo_frames": stats["frames"], "annotations": stats["annotations"],
+               "points_per_frame": round(stats["points"] / max(stats["frames"], 1), 1), "splits": splits}
+    if unlabeled:  # counts above are the labeled scenes'
+        summary.update(unlabeled_scenes=unlabeled, unlabeled_frames=unlabeled_frames)
+    return summary
