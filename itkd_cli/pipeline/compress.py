@@ -6,18 +6,22 @@ import json
 import os
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple, Optional
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional
 
 import torch
 from torch import nn
 
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.io import file_sha256, write_json
-from itkd_cli.data.loader import build_loader
+from itkd_cli.core.types import Batch
+from itkd_cli.data.dataset import FrameDataset
+from itkd_cli.data.loader import build_loader, collate
 from itkd_cli.data.targets import assign_targets
+from itkd_cli.data.unlabeled import describe_pool, load_pool
 from itkd_cli.data.validate import check_training_classes
 from itkd_cli.distill.baselines import build_kd, kd_lambda, kd_term_weights
-from itkd_cli.distill.label_kd import LabelKD
+from itkd_cli.distill.label_kd import LabelKD, TeacherTargets
+from itkd_cli.distill.pool import PoolCheck, check_pool
 from itkd_cli.distill.step import distill_step_fn
 from itkd_cli.distill.teacher import FrozenTeacher, freeze_teacher
 from itkd_cli.evaluate.run import evaluate_split
@@ -26,15 +30,18 @@ from itkd_cli.models.student import build_student
 from itkd_cli.models.teacher import load_teacher_model, teacher_recipe
 from itkd_cli.pipeline import gates as gating
 from itkd_cli.pipeline.profile import first_val_frame, profile_on_frame
-from itkd_cli.pipeline.report import kd_pulls, plot_curves, pull_notes, read_metrics_log, teacher_notes
+from itkd_cli.pipeline.report import (
+    kd_pulls, plot_curves, pool_facts, pool_notes, pull_notes, read_metrics_log, teacher_notes)
 from itkd_cli.pipeline.report_page import write_report
 from itkd_cli.recipe.load import apply_flags, compress_flags
 from itkd_cli.recipe.schema import GatesConfig, ModelConfig, Recipe
 from itkd_cli.train import distributed
-from itkd_cli.train.loop import fit
+from itkd_cli.train.loop import fit, to_device
 from itkd_cli.train.state import seed_everything
 
 STUDENT = "student.pth"
+# Frames of the unlabeled pool, spread over it, that the frozen teacher runs on before training (the pre-flight).
+PREFLIGHT_FRAMES = 8
 
 
 class CompressResult(NamedTuple):
@@ -57,6 +64,7 @@ class Distillation(NamedTuple):
     kd: nn.Module
     label_kd: Optional[LabelKD]
     load_report: LoadReport
+    pool: Optional[TeacherTargets] = None  # the centres of unlabeled frames, when the run uses dataset.unlabeled
 
 
 def compress_recipe(teacher: Path, recipe: Optional[str], overrides: Iterable[str], ratio: Optional[float],
@@ -75,12 +83,55 @@ def build_distillation(recipe: Recipe, teacher_path: Path, device: torch.device)
     teacher, report = load_teacher_model(recipe, teacher_path)
     student_cfg, student = build_student(recipe.model, teacher, recipe.student)
     kd = build_kd(recipe.distill, recipe.model, student_cfg).to(device)
-    label_kd = None
+    label_kd = pool = None
+    assign = partial(assign_targets, recipe=recipe)
     if recipe.distill.method == "sparsekd":
         label_kd = LabelKD(recipe.model, student_cfg, recipe.dataset.class_names,
-                           recipe.distill.baseline.label_score, partial(assign_targets, recipe=recipe))
+                           recipe.distill.baseline.label_score, assign)
+    if uses_pool(recipe):
+        pool = TeacherTargets(recipe.model, recipe.dataset.class_names, recipe.dataset.unlabeled.score_threshold,
+                              assign)
     frozen = freeze_teacher(teacher.to(device), recipe.distill.teacher_bn)
-    return Distillation(frozen, student_cfg, student.to(device), kd, label_kd, report)
+    return Distillation(frozen, student_cfg, student.to(device), kd, label_kd, report, pool)
+
+
+def uses_pool(recipe: Recipe) -> bool:
+    """Whether the run mixes ``dataset.unlabeled`` into its batches: every method but ``none`` (the student alone
+    learns from labels only)."""
+    return recipe.distill.method != "none" and recipe.dataset.unlabeled is not None
+
+
+def pool_batches(recipe: Recipe, infos: list[dict], device: torch.device,
+                 count: int = PREFLIGHT_FRAMES) -> Iterator[Batch]:
+    """Up to ``count`` frames spread over the pool's ``infos``, as eval-mode batches of ``train.batch_size``."""
+    n = min(count, len(infos))
+    picks = sorted({round(i * (len(infos) - 1) / max(n - 1, 1)) for i in range(n)})
+    frames = FrameDataset(recipe, recipe.dataset.train_split, train=False, infos=[infos[i] for i in picks])
+    size = recipe.train.batch_size
+    for start in range(0, len(frames), size):
+        yield to_device(collate([frames[i] for i in range(start, min(start + size, len(frames)))], recipe), device)
+
+
+def preflight_pool(recipe: Recipe, teacher: Callable, pool: TeacherTargets, batches: Iterable[Batch]) -> PoolCheck:
+    """Run the frozen teacher on frames of the pool: refuse a pool where it detects nothing above
+    ``dataset.unlabeled.score_threshold`` (the KD terms would get no object centre from it).
+
+    Raises:
+        ItkdError: no teacher box above the threshold on any frame tried (names the best score and the frames).
+    """
+    check = check_pool(teacher, batches, pool)
+    if not any(check.boxes):
+        threshold = recipe.dataset.unlabeled.score_threshold
+        kind = "check that the pool is the teacher's kind of data (its LiDAR, sweeps and coordinate frame)"
+        hint = (f"lower dataset.unlabeled.score_threshold (below {check.best_score:.2f}), or {kind}"
+                if check.best_score <= threshold else
+                "its best cells decode to no box inside model.post.limit_range above model.post.score_threshold "
+                f"{recipe.model.post.score_threshold:g}: {kind}")
+        raise ItkdError(
+            f"dataset.unlabeled.score_threshold {threshold:g}: the teacher detects nothing above it on the "
+            f"{len(check.frames)} frames of the pool tried ({describe_pool(recipe.dataset)}); its best score there is "
+            f"{check.best_score:.3f} (frames: {', '.join(check.frames)})", hint=hint)
+    return check
 
 
 def _teacher_key(recipe: Recipe, teacher: Path, max_frames: Optional[int]) -> dict[str, Any]:
@@ -135,6 +186,7 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
     gating.check_applicable(recipe.gates, "compress", recipe.dataset.kind, source="recipe")  # before any work
     for warning in check_training_classes(recipe, teacher):  # no teacher class in the data: refused here
         log(f"warning: {warning}")
+    pool_infos = load_pool(recipe) if uses_pool(recipe) else None  # a bad pool fails before the teacher loads
     distributed.setup()
     device = distributed.default_device()
     seed_everything(recipe.train.seed)  # the KD modules' random init is part of the run's reproducibility
@@ -142,9 +194,10 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
     log(f"teacher {teacher} ({run.load_report.format}, spconv layout {run.load_report.layout or 'n/a'}) "
         f"-> {recipe.distill.method} student, ratio {recipe.student.ratio}, policy {recipe.student.policy}, "
         f"{'initialised from the teacher' if recipe.student.init_from_teacher else 'random init'}")
+    before = _check_pool(recipe, pool_infos, run, device, log)  # the pool's facts before training
     loader = build_loader(recipe, recipe.dataset.train_split, train=True, batch_size=recipe.train.batch_size,
                           shuffle=True, seed=recipe.train.seed, rank=distributed.rank(),
-                          world=distributed.world_size())
+                          world=distributed.world_size(), unlabeled=uses_pool(recipe), pool=pool_infos)
     s_recipe = recipe.model_copy(update={"model": run.student_cfg})  # stored with the student
     train_dir = out_dir / "train"
     last = train_dir / "last.pth"
@@ -153,7 +206,7 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
     # The step runs the DDP wrappers (gradient averaging); checkpoints keep the bare modules.
     step_fn = distill_step_fn(distributed.wrap(run.student), run.teacher, distributed.wrap(run.kd, some_unused=True),
                               kd_lambda(recipe.distill), run.student_cfg.head, run.label_kd, recipe.distill.kd_warmup,
-                              term_weights=kd_term_weights(recipe.distill))
+                              term_weights=kd_term_weights(recipe.distill), pool=run.pool)
     done = fit(run.student, step_fn, loader, recipe.train, train_dir, s_recipe.model_dump(mode="json"), "student",
                aux={"kd": run.kd}, resume=last if resume else None, quiet=quiet, device=device)
     if not distributed.is_main():
@@ -167,7 +220,9 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
     curves = plot_curves(train_dir / "metrics.jsonl", out_dir / "curves.png",
                          f"{recipe.distill.method} student, ratio {recipe.student.ratio}")
     frame = first_val_frame(recipe)
-    pulls = kd_pulls(read_metrics_log(train_dir / "metrics.jsonl"))
+    records = read_metrics_log(train_dir / "metrics.jsonl")
+    pulls = kd_pulls(records)
+    unlabeled = pool_facts(recipe.dataset.unlabeled.model_dump(mode="json"), before, records) if before else None
     report = {
         "method": recipe.distill.method, "ratio": recipe.student.ratio, "policy": recipe.student.policy,
         "teacher_checkpoint": str(teacher), "student_checkpoint": str(student_ckpt),
@@ -176,12 +231,29 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
         "student": {**profile_on_frame(run.student, frame), **s_metrics},
         "curves": str(curves) if curves else None,
         "kd_pull": pulls,
-        "notes": teacher_notes(t_metrics, recipe.dataset.val_split) + pull_notes(pulls),
+        "unlabeled": unlabeled,
+        "notes": (teacher_notes(t_metrics, recipe.dataset.val_split) + pull_notes(pulls)
+                  + pool_notes(unlabeled, recipe.distill.method, recipe.dataset.unlabeled is not None)),
         "recipe": recipe.model_dump(mode="json"),
         "max_eval_frames": max_eval_frames, "cwd": os.getcwd(),  # with the recipe: the command that reruns it
     }
     rj, rm, checked = finish_report(out_dir, report, recipe.gates)
     return CompressResult(student_ckpt, rj, rm, curves, report, tuple(checked))
+
+
+def _check_pool(recipe: Recipe, infos: Optional[list[dict]], run: Distillation, device: torch.device,
+                log: Callable[[str], None]) -> Optional[dict[str, Any]]:
+    """The pool's pre-flight (``preflight_pool``) when the run uses one; returns what is known of the pool before
+    training (its frame count and the pre-flight's figures), None without a pool."""
+    if infos is None or run.pool is None:
+        return None
+    check = preflight_pool(recipe, run.teacher, run.pool, pool_batches(recipe, infos, device))
+    cfg = recipe.dataset.unlabeled
+    log(f"unlabeled pool: {len(infos)} frames ({describe_pool(recipe.dataset)}), {cfg.ratio:g} of every batch; the "
+        f"teacher gives {check.mean_boxes:.1f} boxes above {cfg.score_threshold:g} per frame on "
+        f"{len(check.frames)} of them")
+    return {"frames": len(infos), "preflight": {"frames": list(check.frames), "teacher_boxes": list(check.boxes),
+                                                "best_score": check.best_score}}
 
 
 def finish_report(out_dir: Path, report: dict[str, Any],

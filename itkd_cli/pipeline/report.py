@@ -67,6 +67,47 @@ def pull_notes(pulls: dict[str, dict[str, float]]) -> list[str]:
             "that term's weight" for name, ratio in strong.items()]
 
 
+# Under this many teacher boxes per unlabeled frame (mean over training) the pool gives the KD terms almost no object.
+FEW_POOL_BOXES = 0.5
+POOL_KEYS = ("source", "split", "folder", "ratio", "score_threshold")
+
+
+def pool_boxes(records: list[dict[str, Any]]) -> tuple[Optional[float], int]:
+    """Mean teacher boxes per unlabeled frame over the logged steps (``unlabeled_boxes``, weighted by each step's
+    ``unlabeled_frames``), and how many logged steps held unlabeled frames; (None, 0) when none did."""
+    steps = [r for r in records if "eval" not in r and r.get("unlabeled_frames", 0) > 0]
+    frames = sum(float(r["unlabeled_frames"]) for r in steps)
+    if not frames:
+        return None, 0
+    return sum(float(r["unlabeled_boxes"]) * float(r["unlabeled_frames"]) for r in steps) / frames, len(steps)
+
+
+def pool_facts(cfg: dict[str, Any], before: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """report.json's ``unlabeled``: the pool's settings (``dataset.unlabeled``), its frame count and pre-flight
+    (``before``), and the mean teacher boxes per unlabeled frame over training (``train/metrics.jsonl``)."""
+    mean, steps = pool_boxes(records)
+    return {**{k: cfg.get(k) for k in POOL_KEYS}, **before, "teacher_boxes_per_frame": mean, "logged_steps": steps}
+
+
+def pool_notes(facts: Optional[dict[str, Any]], method: str, configured: bool) -> list[str]:
+    """Say so when the pool was set but not used, when no logged step measured it, or when the teacher gave its
+    frames (almost) no box above the threshold: training then learned (almost) nothing from it."""
+    if facts is None:
+        return ([f"dataset.unlabeled is set, but distill.method {method} learns from the labels alone: the pool was "
+                 "not used"] if configured and method == "none" else [])
+    mean, threshold = facts.get("teacher_boxes_per_frame"), facts.get("score_threshold")
+    if mean is None:
+        return ["no logged training step held frames of the unlabeled pool: what the teacher found in them is not "
+                "measured (train.log_every)"]
+    if mean >= FEW_POOL_BOXES:
+        return []
+    uses = {"itkd": "itKD's head attention and MSE at centres", "sparsekd": "sparsekd's teacher labels"}.get(method)
+    what = f"{uses} learned from almost no object there" if uses else "its heatmaps there were almost all background"
+    return [f"the teacher gave {mean:.2f} boxes above dataset.unlabeled.score_threshold {threshold:g} per unlabeled "
+            f"frame (mean over {facts.get('logged_steps')} logged steps): {what}; lower the threshold, or check that "
+            "the pool is the teacher's kind of data"]
+
+
 def _fmt(value: Any, fmt: str) -> str:
     return "n/a" if value is None else fmt.format(value)
 
@@ -106,7 +147,8 @@ def plot_curves(metrics_jsonl: Path, out_png: Path, title: str) -> Optional[Path
     matplotlib.use("Agg")  # no display on servers and CI
     import matplotlib.pyplot as plt
 
-    skip = {"step", "epoch", "lr", "sec_per_step", "lam", "grad_norm"}  # not losses (a gradient norm dwarfs them)
+    # not losses (a gradient norm dwarfs them; counts of the unlabeled pool's frames and boxes)
+    skip = {"step", "epoch", "lr", "sec_per_step", "lam", "grad_norm", "unlabeled_frames", "unlabeled_boxes"}
     keys = [k for k in steps[0]
             if k not in skip and not k.startswith("pull_") and isinstance(steps[0][k], (int, float))]
     evals = [r for r in records if "eval" in r]

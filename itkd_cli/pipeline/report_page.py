@@ -1,8 +1,9 @@
 """The page of one compress run (report.md / report.html) from its report.json, train/metrics.jsonl and the
 ONNX export beside the student: what a CI job's reader opens.
 
-Sections: gates, teacher vs student, AP per class (table + bar chart), KD pull, notes, training curves, ONNX
-verification, and the commands that reproduce the run (with ``recipe.yaml``, its resolved recipe, beside the page).
+Sections: gates, teacher vs student, AP per class (table + bar chart), unlabeled pool, KD pull, notes, training
+curves, ONNX verification, and the commands that reproduce the run (with ``recipe.yaml``, its resolved recipe,
+beside the page).
 """
 
 from __future__ import annotations
@@ -91,6 +92,30 @@ def _per_class(report: dict[str, Any], chart: Optional[Path]) -> list[Block]:
     if chart is not None:
         blocks.append(Image(chart, "AP per class, teacher vs student"))
     return blocks + ([Table(["class", "teacher", "student"], rows)] if rows else [Para("No per-class AP reported.")])
+
+
+def _pool(report: dict[str, Any]) -> list[Block]:
+    """The unlabeled pool of the run (report.json ``unlabeled``), when it used one."""
+    pool = report.get("unlabeled")
+    if not pool:
+        return []
+    split = f"split `{pool.get('split') or 'dataset.train_split'}`"
+    where = {"folder": f"the point files of folder `{pool.get('folder')}`",
+             "sweeps": f"the non-key sweeps of {split}"}.get(pool.get("source"), f"the frames of {split}")
+    threshold = pool.get("score_threshold")
+    facts = [f"{where}: {pool.get('frames')} frames, {pool.get('ratio')} of every training batch",
+             f"object centres of its frames: the teacher's boxes above {threshold} "
+             "(`dataset.unlabeled.score_threshold`); the detection loss never reads them"]
+    pre = pool.get("preflight") or {}
+    if pre.get("frames"):
+        boxes = pre.get("teacher_boxes") or []
+        facts.append(f"pre-flight: {sum(boxes) / max(len(boxes), 1):.1f} teacher boxes per frame on "
+                     f"{len(pre['frames'])} frames of the pool (best teacher score {pre.get('best_score', 0):.3f})")
+    mean = pool.get("teacher_boxes_per_frame")
+    facts.append("over training: not measured (no logged step held unlabeled frames)" if mean is None else
+                 f"over training: {mean:.2f} teacher boxes per unlabeled frame (mean over {pool.get('logged_steps')} "
+                 "logged steps)")
+    return [Heading("Unlabeled pool"), Bullets(facts)]
 
 
 def _kd_and_notes(report: dict[str, Any]) -> list[Block]:
@@ -204,7 +229,7 @@ def page_blocks(report: dict[str, Any], run_dir: Path, chart: Optional[Path], re
              f"evaluated on split `{report.get('split')}` ({report.get('frames', 'all')} frames)", verdict]
     title = f"itkd compress report: {report['method']} student, ratio {report.get('ratio')} ({report.get('policy')} policy)"
     return [Heading(title, 1), Bullets(facts), *_gates(report), *_comparison(report), *_per_class(report, chart),
-            *_kd_and_notes(report), *_curves(run_dir), *_export(run_dir, stem), *_reproduce(report, run_dir, recipe)]
+            *_pool(report), *_kd_and_notes(report), *_curves(run_dir), *_export(run_dir, stem), *_reproduce(report, run_dir, recipe)]
 
 
 def _blocks(run_dir: Path, report: dict[str, Any], folder: Path) -> tuple[list[Block], Optional[dict], Optional[Path]]:

@@ -12,7 +12,7 @@ from itkd_cli.core.types import DetectorOutput, TaskHeadOutput
 from itkd_cli.distill.baselines import FitNetKD, HintonKD, NoKD
 from itkd_cli.models.loss import DetLoss
 
-BATCH = SimpleNamespace(voxels=None, num_points=None, coords=None, batch_size=1, targets=())
+BATCH = SimpleNamespace(voxels=None, num_points=None, coords=None, batch_size=1, targets=(), labeled=None)
 
 
 def _hm_output(hm: torch.Tensor) -> DetectorOutput:
