@@ -342,6 +342,15 @@ class Recipe(Strict):
     gates: GatesConfig = Field(default_factory=GatesConfig, description="Quality gates checked by `itkd compress`.")
 
     @model_validator(mode="after")
+    def _pool_threshold(self) -> "Recipe":
+        pool = self.dataset.unlabeled
+        if pool is not None and pool.score_threshold < self.model.post.score_threshold:
+            raise ValueError(f"dataset.unlabeled.score_threshold: {pool.score_threshold:g} is below "
+                             f"model.post.score_threshold {self.model.post.score_threshold:g}, which drops those "
+                             "teacher boxes first; raise it or lower model.post.score_threshold")
+        return self
+
+    @model_validator(mode="after")
     def _classes_covered(self) -> "Recipe":
         head_classes = [c for task in self.model.head.tasks for c in task]
         unknown = [c for c in head_classes if c not in self.dataset.class_names]

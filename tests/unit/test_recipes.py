@@ -134,3 +134,11 @@ def test_a_recipe_that_is_not_text_is_one_error_naming_the_file(tmp_path: Path, 
         assert [line for line in result.output.splitlines() if line.startswith("error:")] == [
             f"error: {err.value.problems[0]}"], args
     assert not (tmp_path / "run").exists()
+
+
+def test_a_pool_threshold_below_decoding_is_refused() -> None:
+    """Teacher boxes under model.post.score_threshold never reach the pool's threshold: say so, do not ignore it."""
+    pool = "dataset.unlabeled={source: split, split: synth_unlabeled, score_threshold: 0.05}"
+    with pytest.raises(RecipeError, match=r"dataset.unlabeled.score_threshold: 0.05 is below model.post.score_threshold 0.1"):
+        load_recipe("synth-pillar", [pool])
+    assert load_recipe("synth-pillar", [pool, "model.post.score_threshold=0.05"]).dataset.unlabeled.score_threshold == 0.05
