@@ -38,18 +38,26 @@ from itkd_cli.core.io import write_json, write_text
 
 TEACHER_RECIPE, STUDENT_RECIPE = "synth-pillar", "synth-pillar-itkd-1-4"
 BENCH_SPLIT = "synth_train"  # of the eval world: scenes no network trained on
-# name -> (--method, --ratio, extra --set overrides)
-ROWS: dict[str, tuple[str, float, tuple[str, ...]]] = {
-    "alone": ("none", 0.25, ()),
-    "itkd": ("itkd", 0.25, ()),
-    "itkd paper": ("itkd", 0.25, ("distill.itkd.form=paper",)),
-    "hinton": ("hinton", 0.25, ()),
-    "fitnet": ("fitnet", 0.25, ()),
-    "sparsekd": ("sparsekd", 0.25, ()),
-    "copy alone": ("none", 1.0, ()),
+UNLABELED_SPLIT = "synth_unlabeled"
+# The unlabeled rows: each batch takes 4 labeled frames (the order of the labeled rows' batches of 4, seed by
+# seed) plus 4 frames of the pool, so they run the same steps on the same labeled batches as the student alone.
+POOL = ("train.batch_size=8", f"dataset.unlabeled={{source: split, split: {UNLABELED_SPLIT}, ratio: 0.5}}")
+# name -> (--method, --ratio, extra --set overrides, trains on the world with the unlabeled pool)
+ROWS: dict[str, tuple[str, float, tuple[str, ...], bool]] = {
+    "alone": ("none", 0.25, (), False),
+    "itkd": ("itkd", 0.25, (), False),
+    "itkd paper": ("itkd", 0.25, ("distill.itkd.form=paper",), False),
+    "hinton": ("hinton", 0.25, (), False),
+    "fitnet": ("fitnet", 0.25, (), False),
+    "sparsekd": ("sparsekd", 0.25, (), False),
+    "itkd +unlabeled": ("itkd", 0.25, POOL, True),
+    "hinton +unlabeled": ("hinton", 0.25, POOL, True),
+    "fitnet +unlabeled": ("fitnet", 0.25, POOL, True),
+    "sparsekd +unlabeled": ("sparsekd", 0.25, POOL, True),
+    "copy alone": ("none", 1.0, (), False),
     # every KD gradient ~0 at an exact copy: batch statistics in the teacher like the train-mode student,
     # selection adapter + detached student target (the default form), KD modules warmed up first
-    "copy itkd zero-gradient": ("itkd", 1.0, ("distill.teacher_bn=batch", "distill.kd_warmup=0.1")),
+    "copy itkd zero-gradient": ("itkd", 1.0, ("distill.teacher_bn=batch", "distill.kd_warmup=0.1"), False),
 }
 REFERENCE = {0.25: "alone", 1.0: "copy alone"}
 
@@ -100,12 +108,13 @@ def noise_floor(ref: dict[int, float], teacher: float) -> Optional[float]:
     return statistics.stdev(values) / gap if len(values) >= 2 and gap > 0 else None
 
 
-def make_world(out: Path, name: str, seed: int) -> Path:
+def make_world(out: Path, name: str, seed: int, unlabeled_scenes: int = 0) -> Path:
+    """The `default` world of ``seed`` (its labeled scenes are the same with or without unlabeled ones)."""
     from itkd_cli.data.synth.render import generate
 
     world = out / name
-    summary = generate(world, seed=seed, preset="default")
-    log(f"{name} {world} (seed {seed}): reused={summary.get('reused')}")
+    summary = generate(world, seed=seed, preset="default", unlabeled_scenes=unlabeled_scenes)
+    log(f"{name} {world} (seed {seed}, {unlabeled_scenes} unlabeled scenes): reused={summary.get('reused')}")
     return world
 
 
@@ -130,7 +139,7 @@ def run_one(out: Path, name: str, seed: int, teacher: Path, world: Path, epochs:
     """One `itkd compress` run of row ``name`` with train.seed=seed; returns its folder."""
     from itkd_cli.pipeline.compress import compress, compress_recipe
 
-    method, ratio, extra = ROWS[name]
+    method, ratio, extra, _ = ROWS[name]
     run = out / "runs" / slug(name) / f"seed{seed}"
     if (run / "report.json").is_file():
         return run
@@ -223,6 +232,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--rows", nargs="*", default=list(ROWS), help=f"rows to run, of: {', '.join(ROWS)}")
     ap.add_argument("--eval-seed", type=int, default=100, help="seed of the world whose train scenes score")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--unlabeled-scenes", type=int, default=40,
+                    help="scenes of the unlabeled pool of the '+unlabeled' rows (the labeled split has 10)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="override for teacher and students")
     args = ap.parse_args(argv)
     unknown = [r for r in args.rows if r not in ROWS]
@@ -233,12 +244,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     if len(set(args.seeds)) != len(args.seeds):
         ap.error("--seeds: each seed once")
     out = args.out
+    if args.unlabeled_scenes < 1:
+        ap.error("--unlabeled-scenes: at least 1")
     world, eval_world = make_world(out, "world", 0), make_world(out, "eval_world", args.eval_seed)
+    pooled = None
+    if any(ROWS[name][3] for name in args.rows):
+        pooled = make_world(out, f"world_unlabeled{args.unlabeled_scenes}", 0, args.unlabeled_scenes)
     teacher = make_teacher(out, world, args.teacher_epochs, args.workers, args.sets)
     scores: dict[str, dict[int, dict[str, float]]] = {}
     for name in args.rows:  # row by row: a row's seeds finish together, so a session ends on whole rows
         for seed in args.seeds:
-            run = run_one(out, name, seed, teacher, world, args.student_epochs, args.workers, args.sets)
+            run = run_one(out, name, seed, teacher, pooled if ROWS[name][3] else world, args.student_epochs,
+                          args.workers, args.sets)
             val = json.loads((run / "report.json").read_text())["student"]["mAP"]
             scores.setdefault(name, {})[seed] = {"bench": bench_map(run / "student.pth", eval_world, run / "eval_bench"),
                                                  "val": val}

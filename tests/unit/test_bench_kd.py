@@ -15,6 +15,7 @@ TEACHER = 0.50
     (["--rows", "alone", "magic"], "--rows: unknown 'magic'"),
     (["--eval-seed", "0"], "--eval-seed must differ from 0"),
     (["--seeds", "1", "1"], "each seed once"),
+    (["--unlabeled-scenes", "0"], "--unlabeled-scenes: at least 1"),
 ])
 def test_bad_arguments_exit_2_before_anything_is_made(bench, tmp_path, capsys, args, message):
     out = tmp_path / "kd"
