@@ -50,6 +50,9 @@ ROWS: dict[str, tuple[str, float, tuple[str, ...], bool]] = {
     "hinton": ("hinton", 0.25, (), False),
     "fitnet": ("fitnet", 0.25, (), False),
     "sparsekd": ("sparsekd", 0.25, (), False),
+    # the two departures under measurement (issue #40) at 1/4: they become the default or go
+    "itkd teacher_bn=batch": ("itkd", 0.25, ("distill.teacher_bn=batch",), False),
+    "itkd kd_warmup": ("itkd", 0.25, ("distill.kd_warmup=0.1",), False),
     "itkd +unlabeled": ("itkd", 0.25, POOL, True),
     "hinton +unlabeled": ("hinton", 0.25, POOL, True),
     "fitnet +unlabeled": ("fitnet", 0.25, POOL, True),
