@@ -18,6 +18,18 @@ def shared_dir() -> Path:
     return SHARED
 
 
+@pytest.fixture(scope="session")
+def waymo_python() -> Path:
+    """The Waymo venv's python (`make waymo-env`); skip when it is absent."""
+    from itkd_cli.core.errors import ItkdError
+    from itkd_cli.core.waymo_env import waymo_python as find
+
+    try:
+        return find()
+    except ItkdError as exc:
+        pytest.skip(f"Waymo venv absent ({exc.message}); `make waymo-env` installs it")
+
+
 @pytest.fixture()
 def cli():
     """Invoke `itkd` in-process: returns a function(args) -> click Result."""

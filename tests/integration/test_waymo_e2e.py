@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from itkd_cli.core.errors import ItkdError
-from itkd_cli.core.waymo_env import waymo_python
 
 pytestmark = pytest.mark.slow
 
@@ -29,15 +27,7 @@ def _sets(*items: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def venv() -> Path:
-    try:
-        return waymo_python()
-    except ItkdError as exc:
-        pytest.skip(f"Waymo venv absent ({exc.message}); `make waymo-env` installs it")
-
-
-@pytest.fixture(scope="module")
-def run(venv, tmp_path_factory):
+def run(waymo_python, tmp_path_factory):
     """Invoke `itkd ARGS --json` in-process; returns the parsed JSON (the exit code must be 0)."""
     from typer.testing import CliRunner
 

@@ -105,12 +105,8 @@ def convert(*args, lines: list | None = None) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def segment(tmp_path_factory) -> tuple[Path, list[dict]]:
+def segment(waymo_python: Path, tmp_path_factory) -> tuple[Path, list[dict]]:
     """The TFRecord of FRAMES frames written by `write`, and what each frame holds."""
-    try:
-        waymo_env.waymo_python()
-    except ItkdError as exc:
-        pytest.skip(f"Waymo venv absent ({exc.message}); `make waymo-env` installs it")
     out = tmp_path_factory.mktemp("waymo_convert")
     built = [build_frame(i) for i in range(FRAMES)]
     mk.save_frames(out / "arrays", CONTEXT, [arrays for arrays, _ in built])

@@ -43,14 +43,6 @@ FLOAT32_ROWS = {"OBJECT_TYPE_TYPE_VEHICLE_LEVEL_1", "OBJECT_TYPE_TYPE_VEHICLE_LE
 
 
 @pytest.fixture(scope="module")
-def waymo_python() -> Path:
-    try:
-        return waymo_env.waymo_python()
-    except ItkdError as exc:
-        pytest.skip(f"Waymo venv absent ({exc.message}); `make waymo-env` installs it")
-
-
-@pytest.fixture(scope="module")
 def segment(waymo_python: Path, tmp_path_factory) -> tuple[Path, list[dict]]:
     """Two frames with a ray-cast range image and three labelled objects (make_waymo_frames.py), written
     as a TFRecord by the worker's `write`."""

@@ -10,21 +10,11 @@ import pytest
 import torch
 from waymo_tiny import make_root
 
-from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.types import Detections
-from itkd_cli.core.waymo_env import waymo_python
 from itkd_cli.data.waymo import waymo_infos
 from itkd_cli.evaluate import waymo_eval
 
 CLASSES = ["Vehicle", "Pedestrian", "Cyclist"]
-
-
-@pytest.fixture(scope="module")
-def venv() -> Path:
-    try:
-        return waymo_python()
-    except ItkdError as exc:
-        pytest.skip(f"Waymo venv absent ({exc.message}); `make waymo-env` installs it")
 
 
 def _score(infos: list[dict], out: Path, shift: float) -> dict:
@@ -42,7 +32,7 @@ def _score(infos: list[dict], out: Path, shift: float) -> dict:
     return waymo_eval._metrics(pred, gt, out, CLASSES)
 
 
-def test_ground_truth_scores_one_and_a_shifted_copy_zero(venv: Path, tmp_path: Path) -> None:
+def test_ground_truth_scores_one_and_a_shifted_copy_zero(waymo_python: Path, tmp_path: Path) -> None:
     infos = waymo_infos(make_root(tmp_path / "root"), "val")
     exact = _score(infos, tmp_path / "exact", 0.0)
     assert all(exact[k] == pytest.approx(1.0) for k in ("mAP_L1", "mAPH_L1", "mAP_L2", "mAPH_L2"))
