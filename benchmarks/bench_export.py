@@ -12,7 +12,6 @@ The 1-minute load average is printed: other jobs on the machine inflate every nu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile

@@ -10,7 +10,6 @@ student 0.6 M / 45.1 GMACs (its own counting tool; ours counts every conv/linear
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

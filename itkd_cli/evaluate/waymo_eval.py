@@ -24,6 +24,7 @@ from itkd_cli.core.io import atomic_path, write_json
 from itkd_cli.core.types import Detections
 from itkd_cli.core.waymo_env import run_tool
 from itkd_cli.data.waymo import TYPE_NAMES, tfrecord_files
+from itkd_cli.evaluate.predict import predict_split
 from itkd_cli.models.decode import decode
 from itkd_cli.recipe.schema import ModelConfig, Recipe
 
@@ -236,8 +237,6 @@ def evaluate_converted(recipe: Recipe, model: nn.Module, out_dir: Union[str, Pat
     Returns:
         metrics: mAP/mAPH at L1/L2 averaged over the recipe's classes, per_class, every breakdown row.
     """
-    from itkd_cli.evaluate.run import predict_split
-
     class_names = recipe.dataset.class_names
     types = class_types(class_names)
     split = split or recipe.dataset.val_split
