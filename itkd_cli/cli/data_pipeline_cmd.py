@@ -19,7 +19,7 @@ def prepare(
     overrides: List[str] = SetOpt,
     dataset: str = typer.Option("nuscenes", "--dataset", help="waymo: convert TFRecords (--src) into a root (--out)."),
     src: Optional[Path] = typer.Option(None, "--src", help="waymo: a .tfrecord, a folder of them, or a folder "
-                                                           "with Waymo's training/ and validation/ folders."),
+                                                           "with Waymo's training/, validation/ (and unlabeled/) folders."),
     out: Optional[Path] = typer.Option(None, "--out", help="waymo: the converted root to write (resumable)."),
     split: Optional[str] = typer.Option(None, "--split", help="waymo: the split the --src segments form "
                                                               "(default: training/ -> train, validation/ -> val)."),
