@@ -54,6 +54,8 @@ ROWS: dict[str, tuple[str, float, tuple[str, ...], bool]] = {
     "itkd teacher_bn=batch": ("itkd", 0.25, ("distill.teacher_bn=batch",), False),
     "itkd kd_warmup": ("itkd", 0.25, ("distill.kd_warmup=0.1",), False),
     "itkd +unlabeled": ("itkd", 0.25, POOL, True),
+    # loss balance: on a pool frame lambda is the only weight (no detection term there)
+    "itkd +unlabeled lam 0.5": ("itkd", 0.25, (*POOL, "distill.itkd.lam=0.5"), True),
     "hinton +unlabeled": ("hinton", 0.25, POOL, True),
     "fitnet +unlabeled": ("fitnet", 0.25, POOL, True),
     "sparsekd +unlabeled": ("sparsekd", 0.25, POOL, True),
