@@ -43,16 +43,6 @@ class DetectorOutput(NamedTuple):
     tasks: tuple[TaskHeadOutput, ...]
 
 
-def detached(out: DetectorOutput) -> DetectorOutput:
-    """The same outputs cut from the autograd graph: a loss on them trains only the modules that read
-    them (the KD modules), never the network that produced them."""
-    def cut(t: Optional[Tensor]) -> Optional[Tensor]:
-        return None if t is None else t.detach()
-
-    tasks = tuple(TaskHeadOutput(*(cut(t) for t in task)) for task in out.tasks)
-    return DetectorOutput(cut(out.bev), tasks)
-
-
 class TaskTargets(NamedTuple):
     """CenterPoint training targets for one task head (M = max objects, e.g. 500).
 

@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from itkd_cli.core.types import Batch, DetectorOutput, TaskTargets, detached
+from itkd_cli.core.types import Batch, DetectorOutput, TaskTargets
 from itkd_cli.distill.label_kd import LabelKD, TeacherTargets
 from itkd_cli.distill.losses import combine
 from itkd_cli.distill.pool import kd_targets, take_frames, take_targets
@@ -67,7 +67,7 @@ def detection_loss(output: DetectorOutput, targets: Sequence[TaskTargets], label
 
 
 def distill_step_fn(student: nn.Module, teacher: Optional[nn.Module], kd: Optional[nn.Module], lam: float,
-                    head_cfg: HeadConfig, label_kd: Optional[LabelKD] = None, kd_warmup: float = 0.0,
+                    head_cfg: HeadConfig, label_kd: Optional[LabelKD] = None,
                     term_weights: Optional[dict[str, float]] = None,
                     pool: Optional[TeacherTargets] = None) -> StepFn:
     """Loss of one batch: ``lam * KD + (1 - lam) * L_det`` (+ the teacher-label loss of sparsekd).
@@ -82,8 +82,6 @@ def distill_step_fn(student: nn.Module, teacher: Optional[nn.Module], kd: Option
         lam: lambda of ``combine`` (``kd_lambda``).
         head_cfg: the student's head section (detection loss weights).
         label_kd: sparsekd's label KD, or None.
-        kd_warmup: fraction of the steps during which the KD terms read the student's outputs detached:
-            they train the KD modules only, and the student learns from detection alone (``distill.kd_warmup``).
         term_weights: the weight of each KD term in ``KDTerms.total`` (``kd_term_weights``); given, every
             ``PULL_EVERY`` steps the step measures ``pull_ratios`` (lam * weight * term against (1 - lam) * det)
             and logs the latest with every step.
@@ -109,17 +107,16 @@ def distill_step_fn(student: nn.Module, teacher: Optional[nn.Module], kd: Option
             return det.total, {"det": float(det.total.detach())}
         with torch.no_grad():
             t_out = teacher(*args)
-        s_kd = detached(s_out) if progress < kd_warmup else s_out
         # sparsekd decodes every frame for its labels: the pool's centres reuse those boxes
         shared = label_kd is not None and pool is not None and batch.labeled is not None
         dets = label_kd.boxes.detections(t_out) if shared else None
         targets, pool_logs = kd_targets(batch, t_out, pool, dets)
-        terms = kd(s_kd, t_out, targets)
+        terms = kd(s_out, t_out, targets)
         kd_total = terms.total
         logs = {"det": det.total.detach(), **{k: v.detach() for k, v in terms._asdict().items() if k != "total"}}
         weighted = {k: lam * w * getattr(terms, k) for k, w in (term_weights or {}).items() if w > 0}
         if label_kd is not None:
-            label = label_kd(s_kd, t_out, dets)
+            label = label_kd(s_out, t_out, dets)
             kd_total = kd_total + label
             logs["label"] = label.detach()
             weighted["label"] = lam * label

@@ -7,16 +7,11 @@ updates), and its forward runs under ``torch.no_grad``. The forward runs an infe
 BatchNorm layers folded into their convs (``models.fold_bn``): same outputs up to float rounding, one
 pass over every feature map less on each distillation step. The wrapped ``model`` itself stays as
 loaded (it is what the report profiles and what a caller inspects; ``eval_model`` is what evaluates the
-teacher, always on its running statistics).
-
-``bn="batch"`` (recipe ``distill.teacher_bn``, a departure from the method) makes the copy normalise
-with each batch's own statistics, like the train-mode student it is compared with, instead of the
-running statistics; it keeps none, so the teacher's running statistics still never change.
+teacher).
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Iterable
 
 import torch
@@ -25,8 +20,6 @@ from torch import nn
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.models.fold_bn import fold_batchnorm
 
-BN_STATISTICS = ("running", "batch")
-
 
 class FrozenTeacher(nn.Module):
     """Wrapper that keeps a teacher network frozen whatever its parents do.
@@ -34,23 +27,15 @@ class FrozenTeacher(nn.Module):
     Args:
         model: The teacher network (e.g. CenterPoint); frozen in place. It must not change after
             wrapping: the forward runs a BN-folded copy taken here.
-        fold_bn: Run the BN-folded copy (default) or ``model`` itself (ignored with ``bn="batch"``).
-        bn: ``"running"``: BatchNorm uses the running statistics (eval mode, the method);
-            ``"batch"``: the statistics of each batch (see the module docstring).
+        fold_bn: Run the BN-folded copy (default) or ``model`` itself.
     """
 
-    def __init__(self, model: nn.Module, fold_bn: bool = True, bn: str = "running") -> None:
+    def __init__(self, model: nn.Module, fold_bn: bool = True) -> None:
         super().__init__()
-        if bn not in BN_STATISTICS:
-            raise ItkdError(f"distill.teacher_bn: unknown value {bn!r}", hint=f"one of {BN_STATISTICS}")
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model.eval()
-        self.bn = bn
-        if bn == "batch":
-            self.inference_model, self.folded_bn = batch_statistics_copy(model), 0
-        else:
-            self.inference_model, self.folded_bn = fold_batchnorm(model) if fold_bn else (None, 0)
+        self.inference_model, self.folded_bn = fold_batchnorm(model) if fold_bn else (None, 0)
 
     def train(self, mode: bool = True) -> "FrozenTeacher":
         """Keep the teacher in eval mode (its BN running statistics never change)."""
@@ -59,32 +44,19 @@ class FrozenTeacher(nn.Module):
 
     @property
     def eval_model(self) -> nn.Module:
-        """The network that evaluates the teacher: always on its running statistics (folded when it can)."""
-        return self.inference_model if self.bn == "running" and self.inference_model is not None else self.model
+        """The network that evaluates the teacher (the folded copy when there is one)."""
+        return self.model if self.inference_model is None else self.inference_model
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the teacher without building a graph; returns what the wrapped model returns."""
-        net = self.model if self.inference_model is None else self.inference_model
-        net.eval()
+        net = self.eval_model.eval()
         with torch.no_grad():
             return net(*args, **kwargs)
 
 
-def batch_statistics_copy(model: nn.Module) -> nn.Module:
-    """An eval-mode deep copy of ``model`` whose BatchNorm layers normalise every input with its own batch
-    statistics and keep no running statistics (torch's BatchNorm does so when they are None); ``model`` is
-    left untouched."""
-    net = copy.deepcopy(model).eval().requires_grad_(False)
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.track_running_stats = False
-            m.running_mean = m.running_var = m.num_batches_tracked = None
-    return net
-
-
-def freeze_teacher(model: nn.Module, bn: str = "running") -> FrozenTeacher:
+def freeze_teacher(model: nn.Module) -> FrozenTeacher:
     """Wrap and freeze ``model`` (see ``FrozenTeacher``); pass only the student and KD modules to the optimiser."""
-    return model if isinstance(model, FrozenTeacher) else FrozenTeacher(model, bn=bn)
+    return model if isinstance(model, FrozenTeacher) else FrozenTeacher(model)
 
 
 def check_not_optimised(optimizer: torch.optim.Optimizer, teacher: nn.Module) -> None:

@@ -91,7 +91,7 @@ def build_distillation(recipe: Recipe, teacher_path: Path, device: torch.device)
     if uses_pool(recipe):
         pool = TeacherTargets(recipe.model, recipe.dataset.class_names, recipe.dataset.unlabeled.score_threshold,
                               assign)
-    frozen = freeze_teacher(teacher.to(device), recipe.distill.teacher_bn)
+    frozen = freeze_teacher(teacher.to(device))
     return Distillation(frozen, student_cfg, student.to(device), kd, label_kd, report, pool)
 
 
@@ -205,7 +205,7 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
         raise ItkdError(f"--resume: {last}: no interrupted run to continue", hint="drop --resume to start a new run")
     # The step runs the DDP wrappers (gradient averaging); checkpoints keep the bare modules.
     step_fn = distill_step_fn(distributed.wrap(run.student), run.teacher, distributed.wrap(run.kd, some_unused=True),
-                              kd_lambda(recipe.distill), run.student_cfg.head, run.label_kd, recipe.distill.kd_warmup,
+                              kd_lambda(recipe.distill), run.student_cfg.head, run.label_kd,
                               term_weights=kd_term_weights(recipe.distill), pool=run.pool)
     done = fit(run.student, step_fn, loader, recipe.train, train_dir, s_recipe.model_dump(mode="json"), "student",
                aux={"kd": run.kd}, resume=last if resume else None, quiet=quiet, device=device)

@@ -192,9 +192,6 @@ def _blame(loc: str, written: dict[str, str], source: str) -> str:
     return " ".join([source, "with", *inside]) if inside else source
 
 
-# The commit that still has the removed fields, for anyone who needs to rerun an old measurement.
-LAST_WITH_REMOVED = "081ac1d"
-
 
 def _get(data: dict, path: str) -> tuple[bool, Any]:
     node: Any = data
@@ -209,9 +206,9 @@ def legacy_fields(data: dict) -> list[tuple[str, str]]:
     """(field, reason) for every field of an earlier itkd that a recipe still sets: removed ones and those
     folded into ``distill.itkd.form``. Refused rather than ignored, so an old recipe never changes meaning."""
     found = []
-    for key, why in REMOVED_FIELDS.items():
+    for key, (why, last) in REMOVED_FIELDS.items():
         if _get(data, key)[0]:
-            found.append((key, f"removed ({why}); delete it (itkd {LAST_WITH_REMOVED} still has it)"))
+            found.append((key, f"removed ({why}); delete it (itkd {last} still has it)"))
     for key in FOLDED_FIELDS:
         if _get(data, key)[0]:
             found.append((key, "folded into distill.itkd.form ('default': the measured-better itKD, 'paper': "

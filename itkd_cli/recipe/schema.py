@@ -221,13 +221,16 @@ class StudentConfig(Strict):
 
 # The form's own lambda when ``distill.itkd.lam`` is not set (see ItkdLossConfig.form).
 FORM_LAMBDA = {"default": 0.1, "paper": 0.5}
-# Fields of earlier itkd versions: measured no better and removed (refused with this reason) ...
+# Fields of earlier itkd versions: measured no better and removed (refused with this reason and the last
+# commit that has them, for anyone who needs to rerun an old measurement) ...
 REMOVED_FIELDS = {
-    "distill.itkd.tap": "measured no better than the neck tap",
-    "distill.itkd.head_smooth_beta": "measured no better than the L1 head loss",
-    "distill.lam_schedule": "measured no better than a constant lambda",
-    "distill.kd_until": "measured no better than KD to the end of training",
-    "distill.itkd.head_fusion_guard": "the fusion is always guarded (a convex mix of inter and intra)",
+    "distill.itkd.tap": ("measured no better than the neck tap", "081ac1d"),
+    "distill.itkd.head_smooth_beta": ("measured no better than the L1 head loss", "081ac1d"),
+    "distill.lam_schedule": ("measured no better than a constant lambda", "081ac1d"),
+    "distill.kd_until": ("measured no better than KD to the end of training", "081ac1d"),
+    "distill.itkd.head_fusion_guard": ("the fusion is always guarded (a convex mix of inter and intra)", "081ac1d"),
+    "distill.kd_warmup": ("measured no better than KD from the first step", "353076a"),
+    "distill.teacher_bn": ("measured no better than the teacher's running statistics", "353076a"),
 }
 # ... or folded into ``distill.itkd.form`` (the default form has the measured-better setting, paper the method's).
 FOLDED_FIELDS = ("distill.itkd.head_standardize", "distill.itkd.detach_student_target",
@@ -273,15 +276,6 @@ class DistillConfig(Strict):
     method: Literal["itkd", "none", "hinton", "fitnet", "sparsekd"] = Field("itkd", description="Distillation method.")
     itkd: ItkdLossConfig = Field(default_factory=ItkdLossConfig, description="itKD settings.")
     baseline: BaselineLossConfig = Field(default_factory=BaselineLossConfig, description="Baseline KD settings.")
-    kd_warmup: float = Field(0.0, ge=0, lt=1, description=(
-        "Fraction of the training steps at the start during which the KD modules (autoencoder, adapter, "
-        "head-attention fusion) learn from the student's outputs detached, so that the student trains on "
-        "detection alone until they are no longer random (a departure from the method; 0: none)."))
-    teacher_bn: Literal["running", "batch"] = Field("running", description=(
-        "Statistics the frozen teacher's BatchNorm normalises with when it makes the KD targets: 'running', its "
-        "running statistics (eval mode, the method); 'batch', each training batch's own, like the train-mode "
-        "student it is compared with (a departure; the running statistics still never change, and the "
-        "teacher is always evaluated on them)."))
 
 
 # ----------------------------------------------------------------------------------- training

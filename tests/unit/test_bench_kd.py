@@ -57,13 +57,13 @@ def test_noise_floor_by_hand(bench):
 def test_summary_checks_the_teacher_against_its_copy(bench):
     scores = {name: {s: {"bench": v, "val": v} for s, v in values.items()}
               for name, values in {"alone": REF, "itkd": ROW, "copy alone": {0: 0.55, 1: 0.56, 2: 0.57},
-                                   "copy itkd zero-gradient": {0: 0.56, 1: 0.57, 2: 0.57}}.items()}
+                                   "copy itkd": {0: 0.56, 1: 0.57, 2: 0.57}}.items()}
     s = bench.summarise(scores, {"bench": TEACHER, "val": TEACHER})
     assert s["convergence"]["converged"] is False  # every copy beats the teacher: it was not trained out
     rows = {r["row"]: r for r in s["rows"]}
     assert rows["alone"]["paired"] is None and rows["itkd"]["paired"]["closed"] == pytest.approx(0.1356, abs=1e-4)
     assert rows["copy alone"]["reference"] == "copy alone"
-    copy_kd = rows["copy itkd zero-gradient"]["paired"]
+    copy_kd = rows["copy itkd"]["paired"]
     assert copy_kd["diff"] == pytest.approx(0.02 / 3) and copy_kd["closed"] is None  # no gap at ratio 1.0
     md = bench.markdown(s, "python bench_kd.py")
     assert "| itkd | 0.25 | 3 |" in md and "+0.14 [" in md and "teacher converged" in md and ": NO" in md

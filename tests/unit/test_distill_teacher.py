@@ -6,13 +6,11 @@ import copy
 
 import pytest
 import torch
-from pydantic import ValidationError
 from torch import nn
 
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.distill.baselines import FitNetKD
 from itkd_cli.distill.teacher import FrozenTeacher, check_not_optimised, freeze_teacher, trainable_parameters
-from itkd_cli.recipe.schema import DistillConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: do not oversubscribe the cores
 
@@ -79,31 +77,16 @@ def _with_trained_statistics(net: nn.Sequential) -> nn.Sequential:
     return net
 
 
-def test_batch_statistics_teacher_normalises_like_a_train_mode_copy_and_never_changes():
+def test_teacher_distils_and_evaluates_on_its_running_statistics():
+    """The KD targets and the teacher's metrics both come from the eval-mode network (BN folded: same outputs)."""
     torch.manual_seed(2)
     raw = _with_trained_statistics(_net(4))
-    reference = copy.deepcopy(raw).train()  # a train-mode forward normalises with the batch's statistics
-    before = {k: v.clone() for k, v in raw.state_dict().items()}
-    teacher = FrozenTeacher(raw, bn="batch")
     x = torch.randn(2, 3, 4, 4)
     with torch.no_grad():
-        batch_out, running_out = teacher(x), raw.eval()(x)
-        assert torch.allclose(batch_out, reference(x), atol=1e-6)
-    assert not torch.allclose(batch_out, running_out, atol=1e-3)
-    _train_steps(teacher)
-    for k, v in before.items():
-        assert torch.equal(v, raw.state_dict()[k]), k
-    # evaluation always uses the running statistics
-    with torch.no_grad():
-        assert torch.equal(teacher.eval_model(x), running_out)
-    assert FrozenTeacher(raw).eval_model is not raw  # running mode evaluates its folded copy ...
-    with torch.no_grad():
-        assert torch.allclose(FrozenTeacher(raw).eval_model(x), running_out, atol=1e-5)  # ... same outputs
-
-
-def test_unknown_teacher_bn_is_refused():
-    with pytest.raises(ItkdError, match="distill.teacher_bn"):
-        FrozenTeacher(_net(2), bn="frozen")
-    with pytest.raises(ValidationError, match="teacher_bn"):
-        DistillConfig(teacher_bn="frozen")
-    assert DistillConfig(teacher_bn="batch").teacher_bn == "batch"
+        running_out, batch_out = raw.eval()(x), copy.deepcopy(raw).train()(x)
+        teacher = FrozenTeacher(raw)
+        assert teacher.eval_model is not raw  # the folded copy ...
+        assert torch.allclose(teacher(x), running_out, atol=1e-5)  # ... gives the running statistics' outputs
+        assert torch.allclose(teacher.eval_model(x), running_out, atol=1e-5)
+        assert not torch.allclose(teacher(x), batch_out, atol=1e-3)  # not a train-mode network's
+        assert torch.equal(FrozenTeacher(raw, fold_bn=False)(x), running_out)

@@ -18,6 +18,8 @@ LEGACY_VALUES = {
     "distill.lam_schedule": "constant",
     "distill.kd_until": "0.5",
     "distill.itkd.head_fusion_guard": "normalize",
+    "distill.kd_warmup": "0.1",
+    "distill.teacher_bn": "batch",
     "distill.itkd.head_standardize": "true",
     "distill.itkd.detach_student_target": "true",
     "distill.itkd.adapter_init": "selection",
@@ -43,7 +45,8 @@ def test_recipe_refuses_a_removed_or_folded_field(key):
     line = problems[0]
     assert line.startswith(f"--set {item}: {key}: ")
     if key in REMOVED_FIELDS:
-        assert "removed" in line and REMOVED_FIELDS[key] in line
+        why, last = REMOVED_FIELDS[key]
+        assert "removed" in line and why in line and f"itkd {last} still has it" in line
     else:
         assert "folded into distill.itkd.form" in line
 
@@ -66,6 +69,7 @@ def test_stored_recipe_of_an_earlier_itkd_loads_without_its_legacy_fields():
     old = base.model_dump(mode="json")
     old["distill"]["lam_schedule"] = "constant"
     old["distill"]["kd_until"] = 1.0
+    old["distill"].update({"kd_warmup": 0.1, "teacher_bn": "batch"})
     old["distill"]["itkd"].update({"head_standardize": False, "adapter_init": "random", "tap": "neck", "lam": 0.5})
     kept = {"distill": {"itkd": dict(old["distill"]["itkd"])}}
     got = recipe_from_dict(old)
@@ -73,7 +77,7 @@ def test_stored_recipe_of_an_earlier_itkd_loads_without_its_legacy_fields():
     assert got == base
     assert old["distill"]["itkd"] == kept["distill"]["itkd"]  # the caller's dict is left as it was
     dropped = drop_legacy(old)
-    assert not {"lam_schedule", "kd_until"} & set(dropped["distill"])
+    assert not {"lam_schedule", "kd_until", "kd_warmup", "teacher_bn"} & set(dropped["distill"])
     assert not {"head_standardize", "adapter_init", "tap", "lam"} & set(dropped["distill"]["itkd"])
 
 
