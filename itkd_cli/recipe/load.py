@@ -192,7 +192,6 @@ def _blame(loc: str, written: dict[str, str], source: str) -> str:
     return " ".join([source, "with", *inside]) if inside else source
 
 
-
 def _get(data: dict, path: str) -> tuple[bool, Any]:
     node: Any = data
     for part in path.split("."):
