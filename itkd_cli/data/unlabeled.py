@@ -22,8 +22,9 @@ import numpy as np
 
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.data.cache import load_infos, load_sweep_infos
+from itkd_cli.data.infos import split_scenes
 from itkd_cli.data.points import PCD_FLOATS, load_frame_points
-from itkd_cli.data.waymo import KIND as WAYMO
+from itkd_cli.data.waymo import KIND as WAYMO, read_manifest, split_segments
 from itkd_cli.recipe.schema import DatasetConfig, Recipe
 
 PCD_SUFFIX, NPY_SUFFIX = ".pcd.bin", ".npy"
@@ -162,6 +163,53 @@ def check_point_range(recipe: Recipe, infos: list[dict], frames: int = RANGE_CHE
             "the pool is in another coordinate frame or format than the recipe's",
             hint="unlabeled points must be in the recipe's LiDAR frame (Waymo: vehicle frame), in the dataset's "
                  "point format")
+
+
+def check_apart_from_val(cfg: DatasetConfig, infos: list[dict]) -> None:
+    """Refuse a pool that holds what ``itkd compress`` scores the student on, ``dataset.val_split``: a pool split
+    sharing scenes (Waymo: segments) with it, or for a folder, a point file that a val frame reads (its keyframe or
+    a stacked sweep: a folder pointed at ``samples/``).
+
+    A student distilled on those frames is scored on frames it trained on, and its report would say more than
+    the student can do. (Copies of val files under other names are not detected.)
+
+    Raises:
+        ItkdError: names the field, the split and the first shared scene or point file.
+    """
+    pool = cfg.unlabeled
+    if pool is None:
+        return
+    hint = "take the pool from scenes that are not evaluated: a split without annotations, the train split's " \
+           "sweeps, or a folder of other drives"
+    if pool.source != "folder":
+        split = pool.split or cfg.train_split
+        units = _scenes(cfg, split)
+        shared = [u for u in units if u in set(_scenes(cfg, cfg.val_split))]
+        if shared:
+            field = "dataset.unlabeled.split" if pool.split else "dataset.train_split (no dataset.unlabeled.split)"
+            kind = "segments" if cfg.kind == WAYMO else "scenes"
+            what = "the sweeps of those scenes" if pool.source == "sweeps" else "their frames"
+            raise ItkdError(f"{field}: {split!r} shares {len(shared)} of its {len(units)} {kind} with "
+                            f"dataset.val_split {cfg.val_split!r} (first: {shared[0]}), which `itkd compress` scores "
+                            f"the student on; distilled on {what}, the student would be scored on frames it trained "
+                            "on", hint=hint)
+        return
+    scored = set()
+    for info in load_infos(cfg, cfg.val_split, sampled=False):
+        scored.add(point_file(cfg.root, info).resolve())
+        scored.update(Path(cfg.root, sweep["path"]).resolve() for sweep in info.get("sweeps", []))
+    files = [path for path in (point_file(cfg.root, info).resolve() for info in infos) if path in scored]
+    if files:
+        raise ItkdError(f"dataset.unlabeled: {len(files)} of the pool's {len(infos)} frames are point files of "
+                        f"dataset.val_split {cfg.val_split!r} (first: {files[0]}), which `itkd compress` scores the "
+                        f"student on ({describe_pool(cfg)})", hint=hint)
+
+
+def _scenes(cfg: DatasetConfig, split: str) -> list[str]:
+    """Scene names (Waymo: segment names) of a split."""
+    if cfg.kind == WAYMO:
+        return split_segments(read_manifest(cfg.root), cfg.root, split)
+    return split_scenes(cfg.root, cfg.version, split)
 
 
 def load_pool(recipe: Recipe) -> list[dict]:

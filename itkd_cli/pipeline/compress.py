@@ -17,7 +17,7 @@ from itkd_cli.core.types import Batch
 from itkd_cli.data.dataset import FrameDataset
 from itkd_cli.data.loader import build_loader, collate
 from itkd_cli.data.targets import assign_targets
-from itkd_cli.data.unlabeled import describe_pool, load_pool
+from itkd_cli.data.unlabeled import check_apart_from_val, describe_pool, load_pool
 from itkd_cli.data.validate import check_training_classes
 from itkd_cli.distill.baselines import build_kd, kd_lambda, kd_term_weights
 from itkd_cli.distill.label_kd import LabelKD, TeacherTargets
@@ -187,6 +187,8 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
     for warning in check_training_classes(recipe, teacher):  # no teacher class in the data: refused here
         log(f"warning: {warning}")
     pool_infos = load_pool(recipe) if uses_pool(recipe) else None  # a bad pool fails before the teacher loads
+    if pool_infos is not None:
+        check_apart_from_val(recipe.dataset, pool_infos)
     distributed.setup()
     device = distributed.default_device()
     seed_everything(recipe.train.seed)  # the KD modules' random init is part of the run's reproducibility

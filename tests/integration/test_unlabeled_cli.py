@@ -81,6 +81,8 @@ def test_the_student_alone_ignores_the_pool(itkd, world_and_teacher, tmp_path) -
     ("{source: folder, folder: FAR}", "lie inside model.grid.point_range"),
     ("{source: split, split: synth_unlabeled, score_threshold: 0.99}", "dataset.unlabeled.score_threshold 0.99"),
     ("{source: split, split: nowhere}", "dataset.unlabeled.split"),
+    ("{source: split, split: synth_val}", "dataset.unlabeled.split: 'synth_val' shares 1 of its 1 scenes with "
+                                          "dataset.val_split 'synth_val'"),
 ])
 def test_a_bad_pool_is_one_line_and_exit_2(itkd, world_and_teacher, tmp_path, pool, expected) -> None:
     import numpy as np

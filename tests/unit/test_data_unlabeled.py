@@ -14,7 +14,7 @@ from waymo_tiny import frame_points, make_root
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.data.dataset import FrameDataset
 from itkd_cli.data.points import load_frame_points, read_pcd_bin
-from itkd_cli.data.unlabeled import check_point_range, load_pool, unlabeled_infos
+from itkd_cli.data.unlabeled import check_apart_from_val, check_point_range, load_pool, unlabeled_infos
 from itkd_cli.recipe.load import load_recipe
 
 EMPTY = {"gt_boxes": [], "gt_names": [], "num_lidar_pts": [], "ann_tokens": [], "labeled": False}
@@ -270,3 +270,47 @@ def test_points_outside_the_grid_are_refused(world, tmp_path):
     for i in range(4):
         points.tofile(folder / f"{i}.pcd.bin")
     check_point_range(recipe, infos)  # the recipe's own frame passes
+
+
+def test_a_pool_holding_what_compress_scores_is_refused(world, synth, tmp_path):
+    """The tiny world's tiny_train and tiny_val share their one scene: every way of taking the pool from it is
+    caught, by the scenes of its split or, for a folder, by a point file that a val frame reads."""
+    shared = r"shares 1 of its 1 scenes with dataset.val_split 'tiny_val' \(first: scene-tiny\), which `itkd " \
+             r"compress` scores the student on; distilled on "
+    cases = [
+        (pool(world, "{source: split, split: tiny_val}"), r"dataset.unlabeled.split: 'tiny_val' " + shared + "their"),
+        (pool(world, "{source: split, split: tiny_train}"), r"dataset.unlabeled.split: 'tiny_train' " + shared),
+        (pool(world, "{source: sweeps}", "dataset.sweeps=1"),
+         r"dataset.train_split \(no dataset.unlabeled.split\): 'tiny_train' " + shared + "the sweeps of those"),
+        (pool(world, f"{{source: folder, folder: {world / 'samples' / 'LIDAR_TOP'}}}"),
+         r"dataset.unlabeled: 3 of the pool's 3 frames are point files of dataset.val_split 'tiny_val' \(first: "
+         r".*f0_key.pcd.bin\), .*\(source folder"),
+        (pool(world, f"{{source: folder, folder: {world / 'sweeps' / 'LIDAR_TOP'}}}"),  # val frames stack 2 sweeps
+         r"dataset.unlabeled: 3 of the pool's 3 frames .*sweeps/LIDAR_TOP/f0_sweep.pcd.bin"),
+    ]
+    for recipe, expected in cases:
+        with pytest.raises(ItkdError, match=expected) as err:
+            check_apart_from_val(recipe.dataset, unlabeled_infos(recipe.dataset))
+        assert "\n" not in err.value.message and err.value.exit_code == 2 and "not evaluated" in err.value.hint
+    folder = tmp_path / "copies"  # the same points under other names: not detected (documented)
+    folder.mkdir()
+    for src in sorted((world / "samples" / "LIDAR_TOP").glob("*.pcd.bin")):
+        (folder / src.name).write_bytes(src.read_bytes())
+    copies = pool(world, f"{{source: folder, folder: {folder}}}")
+    check_apart_from_val(copies.dataset, load_pool(copies))
+    from itkd_cli.data.synth import UNLABELED_SPLIT
+
+    for spec in (f"{{source: split, split: {UNLABELED_SPLIT}}}", "{source: sweeps}"):
+        apart = synth_recipe(synth, spec)  # the synthetic world's train, unlabeled and val scenes are apart
+        check_apart_from_val(apart.dataset, unlabeled_infos(apart.dataset))
+
+
+def test_a_waymo_pool_sharing_segments_with_val_is_refused(tmp_path):
+    root = make_root(tmp_path / "w", {"train": {"seg-a": 2}, "val": {"seg-b": 1}, "unlabeled": {"seg-u": 1}})
+    manifest = json.loads((root / "itkd_waymo.json").read_text())
+    manifest["splits"]["unlabeled"] = ["seg-b", "seg-u"]  # one val segment listed in the pool's split too
+    (root / "itkd_waymo.json").write_text(json.dumps(manifest))
+    recipe = waymo_recipe(root, "{source: split, split: unlabeled}")
+    with pytest.raises(ItkdError, match=r"dataset.unlabeled.split: 'unlabeled' shares 1 of its 2 segments with "
+                                        r"dataset.val_split 'val' \(first: seg-b\)"):
+        check_apart_from_val(recipe.dataset, unlabeled_infos(recipe.dataset))
