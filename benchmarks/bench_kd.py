@@ -202,8 +202,10 @@ def summarise(scores: dict[str, dict[int, dict[str, float]]], teacher: dict[str,
     if len(copy) >= 2:
         m, lo, hi = mean_interval([v - teacher["bench"] for v in copy.values()])
         converged = {"copy_minus_teacher": m, "lo": lo, "hi": hi, "converged": lo <= 0}
+    alone = list(bench.get("alone", {}).values())
+    gap = teacher["bench"] - statistics.fmean(alone) if alone else None
     return {"teacher": teacher, "rows": rows, "noise_floor": noise_floor(bench.get("alone", {}), teacher["bench"]),
-            "convergence": converged}
+            "gap": gap, "convergence": converged}
 
 
 def markdown(s: dict[str, Any], command: str) -> str:
@@ -215,8 +217,11 @@ def markdown(s: dict[str, Any], command: str) -> str:
         c = r["paired"]
         lines.append(f"| {r['row']} | {r['ratio']} | {len(r['seeds'])} | {r['bench_mAP']:.4f} | {r['val_mAP']:.4f} | "
                      + ("reference | |" if c is None else f"{_interval(c, 'diff', '+.4f')} | {_interval(c, 'closed', '+.2f')} |"))
-    nf, conv = s["noise_floor"], s["convergence"]
+    nf, conv, gap = s["noise_floor"], s["convergence"], s.get("gap")
     lines += ["", f"noise floor (student alone's seed std / gap): {_fmt(nf, '.1%')} (target <= 10%)"]
+    if gap is not None and gap <= 0:  # gap closed and noise floor are undefined: say why instead of n/a
+        lines.append(f"NO GAP: the student alone scores {-gap:.4f} above the teacher on the bench split, so the "
+                     "teacher is no ceiling at this schedule (train it longer than the students)")
     if conv:
         lines.append(f"teacher converged (its copy trained on does not beat it): {'yes' if conv['converged'] else 'NO'}"
                      f" (copy - teacher {conv['copy_minus_teacher']:+.4f} [{conv['lo']:+.4f}, {conv['hi']:+.4f}])")

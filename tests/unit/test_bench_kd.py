@@ -68,3 +68,15 @@ def test_summary_checks_the_teacher_against_its_copy(bench):
     md = bench.markdown(s, "python bench_kd.py")
     assert "| itkd | 0.25 | 3 |" in md and "+0.14 [" in md and "teacher converged" in md and ": NO" in md
     assert "noise floor (student alone's seed std / gap): 12.8%" in md
+
+
+def test_a_student_alone_above_the_teacher_is_said_not_hidden(bench):
+    scores = {name: {s: {"bench": v, "val": v} for s, v in values.items()}
+              for name, values in {"alone": {0: 0.52, 1: 0.51, 2: 0.53}, "itkd": ROW}.items()}
+    s = bench.summarise(scores, {"bench": TEACHER, "val": TEACHER})
+    assert s["gap"] == pytest.approx(-0.02) and s["noise_floor"] is None
+    md = bench.markdown(s, "python bench_kd.py")
+    assert "NO GAP: the student alone scores 0.0200 above the teacher" in md
+    assert "floor (student alone's seed std / gap): n/a" in md
+    below = bench.summarise({"alone": scores["itkd"]}, {"bench": TEACHER, "val": TEACHER})
+    assert "NO GAP" not in bench.markdown(below, "python bench_kd.py")
