@@ -183,8 +183,8 @@ def check_apart_from_val(cfg: DatasetConfig, infos: list[dict]) -> None:
            "sweeps, or a folder of other drives"
     if pool.source != "folder":
         split = pool.split or cfg.train_split
-        units = _scenes(cfg, split)
-        shared = [u for u in units if u in set(_scenes(cfg, cfg.val_split))]
+        units, scored_units = _scenes(cfg, split), set(_scenes(cfg, cfg.val_split))
+        shared = [u for u in units if u in scored_units]
         if shared:
             field = "dataset.unlabeled.split" if pool.split else "dataset.train_split (no dataset.unlabeled.split)"
             kind = "segments" if cfg.kind == WAYMO else "scenes"
