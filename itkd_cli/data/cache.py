@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.io import write_json
-from itkd_cli.data.infos import frame_info, open_nuscenes, split_sample_tokens, sweep_infos
+from itkd_cli.data.infos import frame_info, open_nuscenes, split_sample_tokens
+from itkd_cli.data.sweep_pool import SweepTable, build_sweep_table, frame_tokens
 from itkd_cli.data.waymo import waymo_infos
 from itkd_cli.recipe.schema import DatasetConfig
 
@@ -107,26 +109,26 @@ def _nuscenes_infos(cfg: DatasetConfig, split: str, build_missing: bool) -> list
     return _cached(info_path(cfg, split), _meta(cfg, split), lambda: build_infos(cfg, split), build_missing)
 
 
-def load_sweep_infos(cfg: DatasetConfig, split: str) -> list[dict]:
-    """Infos of the non-key LiDAR sweeps of a nuScenes split's scenes (``infos.sweep_infos``), cached in
-    <cache_dir>/<version>_<split>_sweeps.json under the key of the split's own cache (a regenerated dataset
-    or other sweep settings rebuild it)."""
-    def build() -> list[dict]:
-        nusc = open_nuscenes(cfg.root, cfg.version)
-        return sweep_infos(nusc, split, cfg.sweeps, cfg.max_sweep_lag)
+def load_sweep_table(cfg: DatasetConfig, split: str) -> SweepTable:
+    """The non-key LiDAR sweeps of a nuScenes split's scenes as a pool (``sweep_pool.build_sweep_table``), cached
+    in <cache_dir>/<version>_<split>_sweeps.npz under the key of the split's own cache (a regenerated dataset or
+    other sweep settings rebuild it).
 
-    path = cache_dir(cfg) / f"{cfg.version}_{split}_sweeps.json"
-    return _cached(path, {**_meta(cfg, split), "pool": "sweeps"}, build, True)
+    Raises:
+        ItkdError: an unreadable cache file, bad tables, an unknown split.
+    """
+    path = cache_dir(cfg) / f"{cfg.version}_{split}_sweeps.npz"
+    meta = {**_meta(cfg, split), "pool": "sweeps"}
+    table = SweepTable.load(path, meta)
+    if table is None:
+        table = build_sweep_table(open_nuscenes(cfg.root, cfg.version), split, cfg.sweeps, cfg.max_sweep_lag)
+        table.save(path, meta)
+    return table
 
 
-def frame_tokens(infos: list[dict]) -> list[str]:
-    """Sample tokens in dataset order."""
-    return [info["token"] for info in infos]
-
-
-def info_index(infos: list[dict]) -> dict[str, int]:
+def info_index(infos: Sequence[dict]) -> dict[str, int]:
     """Sample token -> dataset index."""
-    return {info["token"]: i for i, info in enumerate(infos)}
+    return {token: i for i, token in enumerate(frame_tokens(infos))}
 
 
 def check_token(index: dict[str, int], token: str, split: str) -> int:

@@ -6,6 +6,7 @@ Infos come from a nuScenes-format dataset (real nuScenes or the synthetic world)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -69,15 +70,16 @@ class FrameDataset(Dataset):
         train: apply augmentation and class-balanced resampling (``dataset.balanced_resampling``), drop boxes
             without lidar points, use max_voxels_train.
         infos: read these frame infos instead of the split's (no sampled interval, no resampling), e.g. the
-            training split's (``split_infos``) followed by the unlabeled pool's (``unlabeled.load_pool``); an info
-            with ``"labeled": False`` gives a sample without boxes that GT sampling never pastes into. ``split``
-            then only names the GT database and the errors.
+            training split's (``split_infos``) followed by the unlabeled pool's (``unlabeled.load_pool``) as one
+            ``sweep_pool.InfoChain``; an info with ``"labeled": False`` gives a sample without boxes that GT
+            sampling never pastes into. ``split`` then only names the GT database and the errors.
     """
 
-    def __init__(self, recipe: Recipe, split: str, train: bool, *, infos: Optional[list[dict]] = None) -> None:
+    def __init__(self, recipe: Recipe, split: str, train: bool, *, infos: Optional[Sequence[dict]] = None) -> None:
         self.recipe, self.split, self.train = recipe, split, train
         cfg = recipe.dataset
-        self.infos = split_infos(recipe, split, train) if infos is None else list(infos)
+        # a pool's infos stay as given (a SweepTable builds each frame's info when it is read)
+        self.infos = split_infos(recipe, split, train) if infos is None else infos
         self._index = info_index(self.infos)
         self.voxelizer = Voxelizer(recipe.model, train)
         self.epoch = 0

@@ -1,8 +1,8 @@
 """Read nuScenes tables through the devkit into plain per-frame infos (lists, floats, strings).
 
 One info per keyframe: LiDAR file, previous sweeps with their transform into the keyframe LiDAR frame,
-the keyframe pose, and every annotation as an OpenPCDet box in the keyframe LiDAR frame. The non-key
-sweeps of a split's scenes (an unlabeled pool, ``sweep_infos``) get the same keys, without annotations.
+the keyframe pose, and every annotation as an OpenPCDet box in the keyframe LiDAR frame. A frame nobody
+annotated (the non-key sweeps of an unlabeled pool, ``sweep_pool``) gets the same keys (``unannotated``).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def split_sample_tokens(nusc: Any, split: str | None) -> list[str]:
     return tokens
 
 
-def _sensor_to_global(nusc: Any, sd: dict) -> np.ndarray:
+def sensor_to_global(nusc: Any, sd: dict) -> np.ndarray:
     """(4, 4) sensor -> ego(t) -> global for one sample_data record."""
     cs = get_record(nusc, "calibrated_sensor", sd["calibrated_sensor_token"], f"sample_data {sd['token']}")
     ego = get_record(nusc, "ego_pose", sd["ego_pose_token"], f"sample_data {sd['token']}")
@@ -139,7 +139,7 @@ def _sweeps(nusc: Any, key_sd: dict, global_to_key: np.ndarray, count: int, max_
         lag = 1e-6 * (key_sd["timestamp"] - sd["timestamp"])
         if lag > max_lag:
             break
-        to_key = global_to_key @ _sensor_to_global(nusc, sd)
+        to_key = global_to_key @ sensor_to_global(nusc, sd)
         out.append({"path": sd["filename"], "token": sd["token"], "time_lag": lag, "to_key": to_key.tolist()})
     return out
 
@@ -162,7 +162,7 @@ def frame_info(nusc: Any, sample_token: str, sweeps: int, max_lag: float) -> dic
     if LIDAR not in sample["data"]:
         raise ItkdError(f"sample {sample_token}: has no {LIDAR} sample_data")
     sd = get_record(nusc, "sample_data", sample["data"][LIDAR], f"sample {sample_token}")
-    lidar_to_global = _sensor_to_global(nusc, sd)
+    lidar_to_global = sensor_to_global(nusc, sd)
     global_to_key = np.linalg.inv(lidar_to_global)
     boxes, names, npts, tokens = [], [], [], []
     for ann_token in sample["anns"]:
@@ -181,38 +181,10 @@ def frame_info(nusc: Any, sample_token: str, sweeps: int, max_lag: float) -> dic
     }
 
 
-def _unannotated(sd: dict, lidar_to_global: np.ndarray, sweeps: list[dict]) -> dict:
+def unannotated(sd: dict, lidar_to_global: np.ndarray, sweeps: list[dict]) -> dict:
     """The info of a LiDAR sample_data nobody annotated: the keys of ``frame_info``, empty annotations."""
     return {
         "token": sd["token"], "lidar_token": sd["token"], "lidar_path": sd["filename"],
         "timestamp": sd["timestamp"], "lidar_to_global": lidar_to_global.tolist(), "sweeps": sweeps,
         "gt_boxes": [], "gt_names": [], "num_lidar_pts": [], "ann_tokens": [], "labeled": False,
     }
-
-
-def sweep_infos(nusc: Any, split: str, sweeps: int, max_lag: float) -> list[dict]:
-    """Every non-key LIDAR_TOP sample_data of the scenes of ``split``, as frame infos of its own.
-
-    Each sweep is a frame: its own LiDAR frame and pose (``lidar_to_global``), token = its sample_data token,
-    its own previous sweeps (keyframes included) within ``max_lag`` for multi-sweep input, no annotations and
-    ``"labeled": False``. Scenes in the devkit's order, sweeps in time order.
-
-    Raises:
-        ItkdError: unknown split, dangling tokens.
-    """
-    wanted = set(split_scenes(nusc.dataroot, nusc.version, split))
-    scene_of = {}  # sample token -> rank of its scene among the split's
-    for rank, scene in enumerate(s for s in nusc.scene if s["name"] in wanted):
-        token = scene["first_sample_token"]
-        while token:
-            scene_of[token] = rank
-            token = get_record(nusc, "sample", token, f"scene {scene['name']}")["next"]
-    found = sorted((scene_of[sd["sample_token"]], sd["timestamp"], sd["token"]) for sd in nusc.sample_data
-                   if not sd["is_key_frame"] and sd.get("channel") == LIDAR and sd["sample_token"] in scene_of)
-    infos = []
-    for _, _, token in found:
-        sd = get_record(nusc, "sample_data", token, f"split {split}")
-        lidar_to_global = _sensor_to_global(nusc, sd)
-        infos.append(_unannotated(sd, lidar_to_global, _sweeps(nusc, sd, np.linalg.inv(lidar_to_global), sweeps - 1,
-                                                               max_lag)))
-    return infos

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Sampler
 from itkd_cli.core.types import Batch, TaskTargets
 from itkd_cli.data.dataset import FrameSample, FrameDataset, split_infos
 from itkd_cli.data.mixed_sampler import MixedBatchSampler, batch_shares
+from itkd_cli.data.sweep_pool import InfoChain
 from itkd_cli.data.unlabeled import load_pool
 from itkd_cli.recipe.schema import Recipe
 
@@ -107,7 +108,7 @@ def _seed_worker(worker_id: int, seed: int) -> None:
 
 def build_loader(recipe: Recipe, split: str, train: bool, batch_size: int, shuffle: bool, seed: int,
                  start_epoch: int = 0, rank: int = 0, world: int = 1, unlabeled: bool = False,
-                 pool: Optional[list[dict]] = None) -> DataLoader:
+                 pool: Optional[Sequence[dict]] = None) -> DataLoader:
     """A DataLoader of Batch over one split, or (``unlabeled`` and ``dataset.unlabeled`` set) over the split
     mixed with the unlabeled pool.
 
@@ -138,7 +139,7 @@ def build_loader(recipe: Recipe, split: str, train: bool, batch_size: int, shuff
         batch_shares(batch_size, pool_cfg.ratio)  # a batch too small fails before any frame is read
         labeled = split_infos(recipe, split, train)
         pool = load_pool(recipe) if pool is None else pool
-        dataset = FrameDataset(recipe, split, train, infos=labeled + pool)
+        dataset = FrameDataset(recipe, split, train, infos=InfoChain(labeled, pool))
         sampler = MixedBatchSampler(len(labeled), len(pool), batch_size, pool_cfg.ratio, shuffle, seed, start_epoch,
                                     rank, world)
         return DataLoader(dataset, batch_sampler=sampler, **common)

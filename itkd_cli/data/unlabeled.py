@@ -4,8 +4,8 @@ Sources (``recipe.dataset_schema.UnlabeledConfig``):
 
 - ``split``: the frames of a split (nuScenes tables through the devkit and the info cache, or a converted Waymo
   split), their annotations dropped;
-- ``sweeps``: the non-key LiDAR sweeps between the keyframes of a nuScenes split's scenes (``infos.sweep_infos``),
-  each a frame with its own pose and previous sweeps, cached like a split (``cache.load_sweep_infos``);
+- ``sweeps``: the non-key LiDAR sweeps between the keyframes of a nuScenes split's scenes (``sweep_pool``),
+  each a frame with its own pose and previous sweeps, one table cached like a split (``cache.load_sweep_table``);
 - ``folder``: every ``.pcd.bin`` (nuScenes records) or ``.npy`` ((N, 5) float32, a converted Waymo frame) of a
   folder, sorted by name, taken as the recipe's LiDAR (Waymo: vehicle) frame: identity pose, one sweep.
 
@@ -16,12 +16,13 @@ Every info has the keys of ``infos.frame_info`` with empty annotations, plus ``"
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
 
 from itkd_cli.core.errors import ItkdError
-from itkd_cli.data.cache import load_infos, load_sweep_infos
+from itkd_cli.data.cache import load_infos, load_sweep_table
 from itkd_cli.data.infos import split_scenes
 from itkd_cli.data.points import PCD_FLOATS, load_frame_points
 from itkd_cli.data.waymo import KIND as WAYMO, read_manifest, split_segments
@@ -44,7 +45,7 @@ def describe_pool(cfg: DatasetConfig) -> str:
     return f"source {pool.source}, split {pool.split or cfg.train_split}"
 
 
-def unlabeled_infos(cfg: DatasetConfig) -> list[dict]:
+def unlabeled_infos(cfg: DatasetConfig) -> Sequence[dict]:
     """Frame infos of the unlabeled pool ``cfg.unlabeled``, every one ``"labeled": False``.
 
     Raises:
@@ -64,7 +65,7 @@ def unlabeled_infos(cfg: DatasetConfig) -> list[dict]:
                             "a converted Waymo root holds no sweeps between keyframes)",
                             hint="use source: split (a converted split, e.g. `unlabeled`) or source: folder")
         try:
-            infos = (load_sweep_infos(cfg, split) if pool.source == "sweeps"
+            infos = (load_sweep_table(cfg, split) if pool.source == "sweeps"
                      else [_drop_annotations(i) for i in load_infos(cfg, split, sampled=False)])
         except ItkdError as exc:
             if exc.message.startswith(f"split {split!r}"):  # unknown or empty split: name the field that chose it
@@ -132,7 +133,7 @@ def point_file(root: str | Path, info: dict) -> Path:
     return Path(root) / info["lidar_path"]
 
 
-def check_point_range(recipe: Recipe, infos: list[dict], frames: int = RANGE_CHECK_FRAMES) -> None:
+def check_point_range(recipe: Recipe, infos: Sequence[dict], frames: int = RANGE_CHECK_FRAMES) -> None:
     """Refuse a pool whose points lie mostly outside ``model.grid.point_range``.
 
     Reads ``frames`` frames spread over ``infos`` (their own points, no sweeps); when under ``MIN_INSIDE_SHARE`` of
@@ -165,7 +166,7 @@ def check_point_range(recipe: Recipe, infos: list[dict], frames: int = RANGE_CHE
                  "point format")
 
 
-def check_apart_from_val(cfg: DatasetConfig, infos: list[dict]) -> None:
+def check_apart_from_val(cfg: DatasetConfig, infos: Sequence[dict]) -> None:
     """Refuse a pool that holds what ``itkd compress`` scores the student on, ``dataset.val_split``: a pool split
     sharing scenes (Waymo: segments) with it, or for a folder, a point file that a val frame reads (its keyframe or
     a stacked sweep: a folder pointed at ``samples/``).
@@ -212,7 +213,7 @@ def _scenes(cfg: DatasetConfig, split: str) -> list[str]:
     return split_scenes(cfg.root, cfg.version, split)
 
 
-def load_pool(recipe: Recipe) -> list[dict]:
+def load_pool(recipe: Recipe) -> Sequence[dict]:
     """The unlabeled pool's infos, checked: ``unlabeled_infos`` then ``check_point_range`` (a few frames read).
 
     What ``itkd compress`` calls before any work (``build_loader(..., unlabeled=True)`` calls it too).

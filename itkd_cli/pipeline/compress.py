@@ -6,7 +6,7 @@ import json
 import os
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
@@ -101,7 +101,7 @@ def uses_pool(recipe: Recipe) -> bool:
     return recipe.distill.method != "none" and recipe.dataset.unlabeled is not None
 
 
-def pool_batches(recipe: Recipe, infos: list[dict], device: torch.device,
+def pool_batches(recipe: Recipe, infos: Sequence[dict], device: torch.device,
                  count: int = PREFLIGHT_FRAMES) -> Iterator[Batch]:
     """Up to ``count`` frames spread over the pool's ``infos``, as eval-mode batches of ``train.batch_size``."""
     n = min(count, len(infos))
@@ -243,7 +243,7 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
     return CompressResult(student_ckpt, rj, rm, curves, report, tuple(checked))
 
 
-def _check_pool(recipe: Recipe, infos: Optional[list[dict]], run: Distillation, device: torch.device,
+def _check_pool(recipe: Recipe, infos: Optional[Sequence[dict]], run: Distillation, device: torch.device,
                 log: Callable[[str], None]) -> Optional[dict[str, Any]]:
     """The pool's pre-flight (``preflight_pool``) when the run uses one; returns what is known of the pool before
     training (its frame count and the pre-flight's figures), None without a pool."""

@@ -14,6 +14,7 @@ from itkd_cli.core.errors import ItkdError
 from itkd_cli.data.dataset import FrameDataset, split_infos
 from itkd_cli.data.loader import EpochSampler, MixedBatchSampler, build_loader, collate
 from itkd_cli.data.mixed_sampler import batch_shares
+from itkd_cli.data.sweep_pool import InfoChain
 from itkd_cli.data.unlabeled import load_pool
 from itkd_cli.recipe.schema import TrainConfig
 
@@ -135,7 +136,7 @@ def test_exact_resume_through_fit_replays_the_mixed_batches(tmp_path):
 def test_pool_frames_are_samples_without_boxes(world):
     recipe = sweeps_recipe(world)
     labeled, pool = split_infos(recipe, "tiny_train", True), load_pool(recipe)
-    ds = FrameDataset(recipe, "tiny_train", train=True, infos=labeled + pool)
+    ds = FrameDataset(recipe, "tiny_train", train=True, infos=InfoChain(labeled, pool))
     assert len(ds) == 6 and ds.tokens[3:] == ["sd_sweep0", "sd_sweep1", "sd_sweep2"]
     a, b, c = ds[(0, 4)], ds[(0, 4)], ds[(1, 4)]
     assert not a.labeled and a.gt_boxes.shape == (0, 9) and len(a.voxels) > 0
@@ -158,7 +159,7 @@ def test_gt_sampling_never_pastes_into_pool_frames(world, tmp_path):
     build_gt_database(plain.dataset, split_infos(plain, "tiny_train", True), db_path(cache, plain.dataset.version,
                                                                                       "tiny_train"))
     pasting = sweeps_recipe(world, f"dataset.cache_dir={cache}", "dataset.augment.gt_sampling=true")
-    infos = split_infos(plain, "tiny_train", True) + load_pool(plain)
+    infos = InfoChain(split_infos(plain, "tiny_train", True), load_pool(plain))
     with_db = FrameDataset(pasting, "tiny_train", train=True, infos=infos)
     without = FrameDataset(plain, "tiny_train", train=True, infos=infos)
     assert with_db.db is not None and len(with_db.db) > 0

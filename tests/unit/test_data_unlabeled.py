@@ -12,7 +12,9 @@ from data_tiny import SENSOR, VERSION, ego_pose, make_world, matrix, tiny_recipe
 from waymo_tiny import frame_points, make_root
 
 from itkd_cli.core.errors import ItkdError
+from itkd_cli.data.cache import load_sweep_table
 from itkd_cli.data.dataset import FrameDataset
+from itkd_cli.data.sweep_pool import InfoChain
 from itkd_cli.data.points import load_frame_points, read_pcd_bin
 from itkd_cli.data.unlabeled import check_apart_from_val, check_point_range, load_pool, unlabeled_infos
 from itkd_cli.recipe.load import load_recipe
@@ -38,9 +40,9 @@ def pool(world: Path, spec: str, *overrides: str):
     return tiny_recipe(world, f"dataset.unlabeled={spec}", *overrides)
 
 
-def synth_recipe(root: Path, spec: str):
+def synth_recipe(root: Path, spec: str, *overrides: str):
     return load_recipe("synth-pillar", [f"dataset.root={root}", "dataset.workers=0", f"dataset.unlabeled={spec}",
-                                        f"dataset.cache_dir={root / 'cache'}"])
+                                        f"dataset.cache_dir={root / 'cache'}", *overrides])
 
 
 def waymo_recipe(root: Path, spec: str):
@@ -118,17 +120,74 @@ def test_sweeps_pool_of_a_synth_world_matches_the_tables(synth):
 def test_sweeps_cache_is_keyed_like_the_splits(tmp_path):
     world = make_world(tmp_path / "w", frames=2)
     recipe = pool(world, "{source: sweeps}")
-    first = unlabeled_infos(recipe.dataset)
-    path = world / "cache" / f"{VERSION}_tiny_train_sweeps.json"
-    data = json.loads(path.read_text())
-    assert data["meta"]["pool"] == "sweeps" and data["infos"] == first
-    data["infos"][0]["token"] = "from-the-cache"
-    path.write_text(json.dumps(data))
-    assert unlabeled_infos(recipe.dataset)[0]["token"] == "from-the-cache"  # read, not rebuilt
+    first = list(unlabeled_infos(recipe.dataset))
+    path = world / "cache" / f"{VERSION}_tiny_train_sweeps.npz"
+    with np.load(path, allow_pickle=False) as data:  # numbers and bytes only: nothing to unpickle
+        meta, arrays = json.loads(str(data["meta"])), {k: data[k] for k in data.files if k != "meta"}
+    assert meta["pool"] == "sweeps" and list(load_sweep_table(recipe.dataset, "tiny_train")) == first
+    arrays["tokens"][arrays["frames"][0]] = b"cached"
+    np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+    assert unlabeled_infos(recipe.dataset)[0]["token"] == "cached"  # read, not rebuilt
     make_world(world, frames=2, seed=1)  # a regenerated dataset: its tables change
     assert unlabeled_infos(recipe.dataset)[0]["token"] == "sd_sweep0"
     other = pool(world, "{source: sweeps}", "dataset.sweeps=1")  # other sweep settings: another key
     assert unlabeled_infos(other.dataset)[1]["sweeps"] == []
+    path.write_bytes(path.read_bytes()[:100])  # truncated (a disk that filled up under another tool)
+    with pytest.raises(ItkdError, match="unreadable sweeps cache") as err:
+        unlabeled_infos(recipe.dataset)
+    assert str(path) in err.value.message and "delete it" in err.value.hint
+
+
+def test_sweeps_table_matches_the_devkit_geometry(synth):
+    """Every pool frame of a synthetic world with 10 sweeps: its previous sweeps are its ``prev`` chain within
+    dataset.max_sweep_lag, each brought into the frame's own LiDAR frame as the devkit's poses chain them."""
+    from nuscenes.nuscenes import NuScenes
+    from nuscenes.utils.geometry_utils import transform_matrix
+    from pyquaternion import Quaternion
+
+    from itkd_cli.data.synth import VERSION as SYNTH
+
+    recipe = synth_recipe(synth, "{source: sweeps}", "dataset.sweeps=10")
+    nusc = NuScenes(version=SYNTH, dataroot=str(synth), verbose=False)
+
+    def to_global(sd: dict) -> np.ndarray:
+        cs, ego = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"]), nusc.get("ego_pose", sd["ego_pose_token"])
+        return (transform_matrix(ego["translation"], Quaternion(ego["rotation"]))
+                @ transform_matrix(cs["translation"], Quaternion(cs["rotation"])))
+
+    table = load_sweep_table(recipe.dataset, recipe.dataset.train_split)
+    assert table.tokens == [info["token"] for info in table] and len(table) > 0
+    longest = 0
+    for info in table:
+        sd = nusc.get("sample_data", info["token"])
+        chain = []
+        while len(chain) < 9 and sd["prev"]:
+            sd = nusc.get("sample_data", sd["prev"])
+            if (info["timestamp"] - sd["timestamp"]) * 1e-6 > recipe.dataset.max_sweep_lag:
+                break
+            chain.append(sd)
+        assert [s["token"] for s in info["sweeps"]] == [s["token"] for s in chain]
+        key_to_global = to_global(nusc.get("sample_data", info["token"]))
+        np.testing.assert_allclose(info["lidar_to_global"], key_to_global, atol=1e-9)
+        for sweep, sd in zip(info["sweeps"], chain):
+            assert sweep["path"] == sd["filename"]
+            assert sweep["time_lag"] == pytest.approx((info["timestamp"] - sd["timestamp"]) * 1e-6)
+            np.testing.assert_allclose(sweep["to_key"], np.linalg.inv(key_to_global) @ to_global(sd), atol=1e-9)
+        longest = max(longest, len(chain))
+    assert longest >= 2  # a chain was walked past its first link
+
+
+def test_info_chain_reads_two_sequences_as_one(world):
+    recipe = pool(world, "{source: sweeps}")
+    labeled, sweeps = FrameDataset(recipe, "tiny_train", train=False).infos, unlabeled_infos(recipe.dataset)
+    chain = InfoChain(labeled, sweeps)
+    assert len(chain) == len(labeled) + len(sweeps) == 6
+    assert chain.tokens == [i["token"] for i in labeled] + sweeps.tokens == [chain[i]["token"] for i in range(6)]
+    assert chain[-1] == sweeps[-1] and chain[0] == labeled[0]
+    with pytest.raises(IndexError):
+        chain[6]
+    ds = FrameDataset(recipe, "tiny_train", train=False, infos=chain)
+    assert ds.tokens == chain.tokens and ds[4].labeled is False and ds[0].labeled is True
 
 
 # ------------------------------------------------------------------------------------------------ split
