@@ -131,17 +131,24 @@ def sensor_to_global(nusc: Any, sd: dict) -> np.ndarray:
     return pose_matrix(ego["translation"], ego["rotation"]) @ pose_matrix(cs["translation"], cs["rotation"])
 
 
-def _sweeps(nusc: Any, key_sd: dict, global_to_key: np.ndarray, count: int, max_lag: float) -> list[dict]:
-    """Up to ``count`` previous sweeps, newest first, each with its transform into the keyframe LiDAR frame."""
+def previous_sweeps(nusc: Any, key_sd: dict, count: int, max_lag: float) -> list[tuple[dict, float]]:
+    """Up to ``count`` sample_data before ``key_sd`` along its ``prev`` links within ``max_lag`` s, newest first,
+    each with its time lag (s)."""
     out, sd = [], key_sd
     while len(out) < count and sd["prev"]:
         sd = get_record(nusc, "sample_data", sd["prev"], f"sample_data {sd['token']} (prev)")
         lag = 1e-6 * (key_sd["timestamp"] - sd["timestamp"])
         if lag > max_lag:
             break
-        to_key = global_to_key @ sensor_to_global(nusc, sd)
-        out.append({"path": sd["filename"], "token": sd["token"], "time_lag": lag, "to_key": to_key.tolist()})
+        out.append((sd, lag))
     return out
+
+
+def _sweeps(nusc: Any, key_sd: dict, global_to_key: np.ndarray, count: int, max_lag: float) -> list[dict]:
+    """Up to ``count`` previous sweeps, newest first, each with its transform into the keyframe LiDAR frame."""
+    return [{"path": sd["filename"], "token": sd["token"], "time_lag": lag,
+             "to_key": (global_to_key @ sensor_to_global(nusc, sd)).tolist()}
+            for sd, lag in previous_sweeps(nusc, key_sd, count, max_lag)]
 
 
 def _annotation_box(nusc: Any, ann: dict, global_to_key: np.ndarray) -> list[float]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from itkd_cli.core.errors import ItkdError
 from itkd_cli.core.io import atomic_write
-from itkd_cli.data.infos import LIDAR, get_record, sensor_to_global, split_scenes, unannotated
+from itkd_cli.data.infos import LIDAR, get_record, previous_sweeps, sensor_to_global, split_scenes, unannotated
 
 ARRAYS = ("tokens", "paths", "timestamps", "poses", "frames", "previous")
 
@@ -131,12 +131,8 @@ def build_sweep_table(nusc: Any, split: str, sweeps: int, max_lag: float) -> Swe
     for i, (_, _, token) in enumerate(found):
         key = get_record(nusc, "sample_data", token, f"split {split}")
         frames.append(row(key))
-        sd, k = key, 0
-        while k < count and sd["prev"]:
-            sd = get_record(nusc, "sample_data", sd["prev"], f"sample_data {sd['token']} (prev)")
-            if 1e-6 * (key["timestamp"] - sd["timestamp"]) > max_lag:
-                break
-            previous[i, k], k = row(sd), k + 1
+        for k, (sd, _) in enumerate(previous_sweeps(nusc, key, count, max_lag)):
+            previous[i, k] = row(sd)
     return SweepTable(np.array([r["token"].encode() for r in records], dtype=bytes),
                       np.array([r["filename"].encode() for r in records], dtype=bytes),
                       np.array([r["timestamp"] for r in records], dtype=np.int64),
