@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Optional
 
 import numpy as np
 
@@ -30,9 +29,9 @@ from itkd_cli.recipe.schema import DatasetConfig, Recipe
 
 PCD_SUFFIX, NPY_SUFFIX = ".pcd.bin", ".npy"
 ANNOTATION_KEYS = ("gt_boxes", "gt_names", "num_lidar_pts", "ann_tokens", "difficulty")
-# Under this share of points inside model.grid.point_range the pool is in another frame or format than the recipe's.
+# A pool frame with under this share of its points inside model.grid.point_range is in another frame or format.
 MIN_INSIDE_SHARE = 0.10
-RANGE_CHECK_FRAMES = 3
+RANGE_CHECK_FRAMES = 8  # spread over the pool; each a few MB at most
 
 
 def describe_pool(cfg: DatasetConfig) -> str:
@@ -134,34 +133,35 @@ def point_file(root: str | Path, info: dict) -> Path:
 
 
 def check_point_range(recipe: Recipe, infos: Sequence[dict], frames: int = RANGE_CHECK_FRAMES) -> None:
-    """Refuse a pool whose points lie mostly outside ``model.grid.point_range``.
+    """Refuse a pool with frames whose points lie mostly outside ``model.grid.point_range``.
 
-    Reads ``frames`` frames spread over ``infos`` (their own points, no sweeps); when under ``MIN_INSIDE_SHARE`` of
-    their points fall inside the range, the pool is in another coordinate frame or format than the recipe's
-    (e.g. a Waymo vehicle-frame file read as nuScenes records, or points in a global frame).
+    Reads ``frames`` frames spread over ``infos`` (their own points, no sweeps); a frame with under
+    ``MIN_INSIDE_SHARE`` of its points inside the range is in another coordinate frame or format than the recipe's
+    (e.g. a Waymo vehicle-frame file read as nuScenes records, or points in a global frame). Each frame is judged
+    on its own, so a folder mixing such files with good ones is caught when one of them is read.
 
     Raises:
-        ItkdError: names the frame with the smallest share, its share and the range; or a point file is unreadable.
+        ItkdError: names the frame with the smallest share, its share, the range and how many frames read failed;
+            or a point file is unreadable.
     """
     cfg, point_range = recipe.dataset, tuple(recipe.model.grid.point_range)
     if not infos:
         return
     lo, hi = np.asarray(point_range[:3]), np.asarray(point_range[3:])
     picks = sorted({int(i) for i in np.linspace(0, len(infos) - 1, min(frames, len(infos))).round()})
-    inside = total = 0
-    worst: Optional[tuple[float, Path]] = None
+    shares = []
     for i in picks:
         points = load_frame_points(cfg.root, infos[i], 1)
-        n = int(np.all((points[:, :3] >= lo) & (points[:, :3] < hi), axis=1).sum())
-        share = n / max(len(points), 1)
-        inside, total = inside + n, total + len(points)
-        if worst is None or share < worst[0]:
-            worst = (share, point_file(cfg.root, infos[i]))
-    if worst is not None and inside < MIN_INSIDE_SHARE * total:
+        inside = int(np.all((points[:, :3] >= lo) & (points[:, :3] < hi), axis=1).sum())
+        shares.append((inside / max(len(points), 1), i))
+    outside = [s for s in shares if s[0] < MIN_INSIDE_SHARE]
+    if outside:
+        share, i = min(outside)
         raise ItkdError(
-            f"dataset.unlabeled: {worst[1]}: only {worst[0]:.1%} of its points lie inside model.grid.point_range "
-            f"{list(point_range)} ({inside} of {total} over {len(picks)} frames of the pool, {describe_pool(cfg)}); "
-            "the pool is in another coordinate frame or format than the recipe's",
+            f"dataset.unlabeled: {point_file(cfg.root, infos[i])}: only {share:.1%} of its points lie inside "
+            f"model.grid.point_range {list(point_range)} ({len(outside)} of the {len(picks)} pool frames read are "
+            f"under {MIN_INSIDE_SHARE:.0%}, {describe_pool(cfg)}); the pool is in another coordinate frame or format "
+            "than the recipe's",
             hint="unlabeled points must be in the recipe's LiDAR frame (Waymo: vehicle frame), in the dataset's "
                  "point format")
 

@@ -331,6 +331,22 @@ def test_points_outside_the_grid_are_refused(world, tmp_path):
     check_point_range(recipe, infos)  # the recipe's own frame passes
 
 
+def test_one_frame_outside_the_grid_in_a_good_pool_is_refused(world, tmp_path):
+    """Each frame read is judged on its own: one far file among seven good ones (7/8 of the points inside in
+    aggregate) is named, with how many of the frames read failed."""
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    points = np.fromfile(world / "samples/LIDAR_TOP/f0_key.pcd.bin", np.float32).reshape(-1, 5)
+    for i in range(8):
+        (points + np.float32([500.0, 0, 0, 0, 0]) if i == 5 else points).tofile(folder / f"{i}.pcd.bin")
+    recipe = pool(world, f"{{source: folder, folder: {folder}}}")
+    with pytest.raises(ItkdError, match=r"pool/5\.pcd\.bin: only 0\.0% of its points .*\(1 of the 8 pool frames "
+                                        r"read are under 10%, source folder") as err:
+        load_pool(recipe)
+    assert "\n" not in err.value.message and err.value.exit_code == 2
+    check_point_range(recipe, unlabeled_infos(recipe.dataset)[:5])  # the good frames alone pass
+
+
 def test_a_pool_holding_what_compress_scores_is_refused(world, synth, tmp_path):
     """The tiny world's tiny_train and tiny_val share their one scene: every way of taking the pool from it is
     caught, by the scenes of its split or, for a folder, by a point file that a val frame reads."""
