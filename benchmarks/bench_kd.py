@@ -50,9 +50,9 @@ ROWS: dict[str, tuple[str, float, tuple[str, ...], bool]] = {
     "hinton": ("hinton", 0.25, (), False),
     "fitnet": ("fitnet", 0.25, (), False),
     "sparsekd": ("sparsekd", 0.25, (), False),
-    "itkd +unlabeled": ("itkd", 0.25, POOL, True),
-    # loss balance: on a pool frame lambda is the only weight (no detection term there)
-    "itkd +unlabeled lam 0.5": ("itkd", 0.25, (*POOL, "distill.itkd.lam=0.5"), True),
+    "itkd +unlabeled": ("itkd", 0.25, POOL, True),  # lambda 0.5, the default form's with a pool
+    # loss balance: on a pool frame lambda is the only weight (no detection term there); 0.1 was the default
+    "itkd +unlabeled lam 0.1": ("itkd", 0.25, (*POOL, "distill.itkd.lam=0.1"), True),
     "hinton +unlabeled": ("hinton", 0.25, POOL, True),
     "fitnet +unlabeled": ("fitnet", 0.25, POOL, True),
     "sparsekd +unlabeled": ("sparsekd", 0.25, POOL, True),

@@ -40,7 +40,8 @@ def make_stepper(out: Path, method: str, ratio: float, sets: list[str], total: i
     recipe = compress_recipe(teacher_path, "synth-pillar-itkd-1-4", sets, ratio, None, method)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     d = build_distillation(recipe, teacher_path, device)
-    step_fn = distill_step_fn(d.student, d.teacher, d.kd, kd_lambda(recipe.distill), d.student_cfg.head, d.label_kd)
+    step_fn = distill_step_fn(d.student, d.teacher, d.kd, kd_lambda(recipe.distill, False), d.student_cfg.head,
+                              d.label_kd)
     run = build_run(d.student, {"kd": d.kd}, recipe.train, total, device)
     d.student.train()
     d.kd.train()

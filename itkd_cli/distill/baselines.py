@@ -146,11 +146,12 @@ class SparseKD(nn.Module):
         return zero_terms(student.bev, hm=hm, total=hm)
 
 
-def kd_lambda(cfg: DistillConfig) -> float:
-    """lambda of ``combine`` for the chosen method; 0 for ``none`` (detection loss unscaled)."""
+def kd_lambda(cfg: DistillConfig, pooled: bool) -> float:
+    """lambda of ``combine`` for the chosen method; 0 for ``none`` (detection loss unscaled). ``pooled``: the
+    run mixes ``dataset.unlabeled`` into its batches (itKD's default form then weighs KD more)."""
     if cfg.method == "none":
         return 0.0
-    return cfg.itkd.lam_value if cfg.method == "itkd" else cfg.baseline.lam
+    return cfg.itkd.lam_value(pooled) if cfg.method == "itkd" else cfg.baseline.lam
 
 
 def kd_term_weights(cfg: DistillConfig) -> dict[str, float]:

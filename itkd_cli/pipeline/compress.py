@@ -207,7 +207,7 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
         raise ItkdError(f"--resume: {last}: no interrupted run to continue", hint="drop --resume to start a new run")
     # The step runs the DDP wrappers (gradient averaging); checkpoints keep the bare modules.
     step_fn = distill_step_fn(distributed.wrap(run.student), run.teacher, distributed.wrap(run.kd, some_unused=True),
-                              kd_lambda(recipe.distill), run.student_cfg.head, run.label_kd,
+                              kd_lambda(recipe.distill, uses_pool(recipe)), run.student_cfg.head, run.label_kd,
                               term_weights=kd_term_weights(recipe.distill), pool=run.pool)
     done = fit(run.student, step_fn, loader, recipe.train, train_dir, s_recipe.model_dump(mode="json"), "student",
                aux={"kd": run.kd}, resume=last if resume else None, quiet=quiet, device=device)
@@ -234,7 +234,7 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
         "curves": str(curves) if curves else None,
         "kd_pull": pulls,
         "unlabeled": unlabeled,
-        "notes": (teacher_notes(t_metrics, recipe.dataset.val_split) + pull_notes(pulls)
+        "notes": (teacher_notes(t_metrics, recipe.dataset.val_split) + pull_notes(pulls, uses_pool(recipe))
                   + pool_notes(unlabeled, recipe.distill.method, recipe.dataset.unlabeled is not None)),
         "recipe": recipe.model_dump(mode="json"),
         "max_eval_frames": max_eval_frames, "cwd": os.getcwd(),  # with the recipe: the command that reruns it

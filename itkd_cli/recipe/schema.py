@@ -219,8 +219,11 @@ class StudentConfig(Strict):
         "layer and of every concatenated block); false trains it from random init as in the itKD paper."))
 
 
-# The form's own lambda when ``distill.itkd.lam`` is not set (see ItkdLossConfig.form).
+# The form's own lambda when ``distill.itkd.lam`` is not set (see ItkdLossConfig.form) ...
 FORM_LAMBDA = {"default": 0.1, "paper": 0.5}
+# ... and the default form's with ``dataset.unlabeled``: a pool frame learns from the KD terms alone, which 0.1
+# weighs at a ninth of a labeled frame's detection loss (measured better: benchmarks/RESULTS.md).
+POOL_LAMBDA = 0.5
 # Fields of earlier itkd versions: measured no better and removed (refused with this reason and the last
 # commit that has them, for anyone who needs to rerun an old measurement) ...
 REMOVED_FIELDS = {
@@ -241,12 +244,14 @@ class ItkdLossConfig(Strict):
     form: Literal["default", "paper"] = Field("default", description=(
         "'default': itkd's measured-better itKD (head loss on channels standardised by the teacher's RMS, "
         "adapter started as the channel selection, student map detached as the T->S target, L_cr in units "
-        "of the teacher code's std without training the encoder, lambda 0.1; benchmarks/RESULTS.md). "
+        "of the teacher code's std without training the encoder, lambda 0.1 (0.5 with dataset.unlabeled); "
+        "benchmarks/RESULTS.md). "
         "'paper': the published formulas of the public code (raw head channels, random adapter, plain L1 "
         "L_cr through the encoder, MSE and attention normalised by the max_objects slots, lambda 0.5), "
         "with its six defects fixed."))
     lam: Optional[float] = Field(None, ge=0, le=1, description=(
-        "lambda: L = lam * KD + (1 - lam) * L_det; unset: the form's (default 0.1, paper 0.5)."))
+        "lambda: L = lam * KD + (1 - lam) * L_det; unset: the form's (default 0.1, or 0.5 with "
+        "dataset.unlabeled; paper 0.5)."))
     w_cr: float = Field(1.0, ge=0, description="Weight of the compressed-representation loss (0 disables).")
     w_it: float = Field(1.0, ge=0, description="Weight of the interchange-transfer loss (0 disables).")
     w_head: float = Field(1.0, ge=0, description="Weight of the head relation-aware attention loss (0 disables).")
@@ -254,10 +259,12 @@ class ItkdLossConfig(Strict):
         "Autoencoder latent width / teacher BEV width; 1/12 is the public code's 384 -> 128 -> 64 -> 32."))
     hidden_layers: int = Field(2, ge=0, description="Hidden 1x1 layers between input and latent (widths halve).")
 
-    @property
-    def lam_value(self) -> float:
-        """lambda in force: the recipe's, else the form's own."""
-        return FORM_LAMBDA[self.form] if self.lam is None else self.lam
+    def lam_value(self, pooled: bool) -> float:
+        """lambda in force: the recipe's, else the form's own (``POOL_LAMBDA`` for the default form when the run
+        mixes ``dataset.unlabeled`` into its batches, ``pooled``)."""
+        if self.lam is not None:
+            return self.lam
+        return POOL_LAMBDA if pooled and self.form == "default" else FORM_LAMBDA[self.form]
 
     @property
     def paper(self) -> bool:

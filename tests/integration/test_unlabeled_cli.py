@@ -61,6 +61,7 @@ def test_compress_learns_from_the_pool(itkd, world_and_teacher, tmp_path, method
     assert facts["source"] == pool and facts["frames"] > 0 and facts["ratio"] == 0.5
     steps = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
     assert all(s["unlabeled_frames"] == 1 for s in steps)  # batch of 2 at ratio 0.5: one pool frame each
+    assert all(s["lam"] == 0.5 for s in steps)  # itkd: the default form's pool lambda; baselines: baseline.lam
     assert "Unlabeled pool" in (out / "report.md").read_text()
 
 

@@ -241,8 +241,8 @@ def _check(dist: ItkdDistiller, w_cr: float, w_it: float, w_head: float) -> None
 def test_paper_form_setup_is_the_published_one():
     """The distiller under test: paper form, lambda 0.5, max_objects slots, one fusion per task head."""
     recipe = _recipe()
-    assert recipe.distill.itkd.paper and kd_lambda(recipe.distill) == 0.5
-    assert ItkdLossConfig(form="paper").lam_value == 0.5
+    assert recipe.distill.itkd.paper and kd_lambda(recipe.distill, True) == 0.5
+    assert ItkdLossConfig(form="paper").lam_value(False) == 0.5
     dist = _distiller()
     assert dist.slots == MAX_OBJ and dist.with_velocity and len(dist.head_fusion) == 2
     assert dist.task_splits == ((5, 2, 1, 3, 2, 2),) * 2

@@ -14,7 +14,7 @@ from itkd_cli.distill.head_attention import head_attention_sum, head_features
 from itkd_cli.distill.losses import gather_at_centres
 from itkd_cli.models.student import bev_channel_index
 from itkd_cli.recipe.load import load_recipe
-from itkd_cli.recipe.schema import FORM_LAMBDA, ItkdLossConfig, ModelConfig
+from itkd_cli.recipe.schema import FORM_LAMBDA, POOL_LAMBDA, ItkdLossConfig, ModelConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: do not oversubscribe the cores
 
@@ -188,7 +188,7 @@ def test_build_kd_and_lambda_per_method():
         terms = kd(fake_output(s_cfg, 1, 8, 8), fake_output(t_cfg, 1, 8, 8), fake_targets(t_cfg, 1, 8, 8))
         assert torch.isfinite(terms.total) and (terms.total.item() == 0) == (method == "none")
         # itkd: the default form's 0.1; the baselines: baseline.lam's default 0.5; none: 0
-        assert kd_lambda(cfg) == {"itkd": 0.1, "none": 0.0}.get(method, 0.5)
+        assert kd_lambda(cfg, False) == {"itkd": 0.1, "none": 0.0}.get(method, 0.5)
     assert names == {"itkd": "ItkdDistiller", "none": "NoKD", "hinton": "HintonKD", "fitnet": "FitNetKD",
                      "sparsekd": "SparseKD"}
     assert combine(torch.tensor(3.0), torch.tensor(0.0), 0.0).item() == 3.0
@@ -207,15 +207,28 @@ def test_build_kd_and_lambda_per_method():
 ])
 def test_kd_lambda_follows_the_recipe(overrides, expected):
     recipe = load_recipe("synth-pillar", overrides)
-    assert kd_lambda(recipe.distill) == pytest.approx(expected)
+    assert kd_lambda(recipe.distill, False) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], POOL_LAMBDA),  # default form with a pool: KD is a pool frame's only signal
+    (["distill.itkd.form=paper"], 0.5),  # paper form: its own, pool or not
+    (["distill.itkd.lam=0.1"], 0.1),  # an explicit lambda still wins
+    (["distill.method=fitnet", "distill.baseline.lam=0.6"], 0.6),  # baselines: baseline.lam
+    (["distill.method=none"], 0.0),
+])
+def test_kd_lambda_with_an_unlabeled_pool(overrides, expected):
+    recipe = load_recipe("synth-pillar", overrides)
+    assert POOL_LAMBDA == 0.5 and kd_lambda(recipe.distill, True) == pytest.approx(expected)
 
 
 def test_lam_value_is_the_forms_unless_set():
     assert FORM_LAMBDA == {"default": 0.1, "paper": 0.5}
-    assert ItkdLossConfig().lam is None and ItkdLossConfig().lam_value == 0.1
-    assert ItkdLossConfig(form="paper").lam_value == 0.5
-    assert ItkdLossConfig(form="paper", lam=0.0).lam_value == 0.0
-    assert ItkdLossConfig(lam=1.0).lam_value == 1.0
+    assert ItkdLossConfig().lam is None and ItkdLossConfig().lam_value(False) == 0.1
+    assert ItkdLossConfig().lam_value(True) == POOL_LAMBDA
+    assert ItkdLossConfig(form="paper").lam_value(False) == ItkdLossConfig(form="paper").lam_value(True) == 0.5
+    assert ItkdLossConfig(form="paper", lam=0.0).lam_value(True) == 0.0
+    assert ItkdLossConfig(lam=1.0).lam_value(False) == 1.0
     with pytest.raises(ValueError):
         ItkdLossConfig(lam=1.5)
 

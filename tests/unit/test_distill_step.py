@@ -94,6 +94,9 @@ def test_report_summarises_pulls_and_notes_a_swamping_term():
     pulls = kd_pulls(records)
     assert sorted(pulls) == ["cr", "head"]
     assert pulls["cr"] == pytest.approx({"mean": 0.2, "max": 0.3}) and pulls["head"] == {"mean": 2.0, "max": 3.0}
-    (note,) = pull_notes(pulls)
+    (note,) = pull_notes(pulls, False)
     assert "head term's gradient on the student is 2.0x the detection loss's" in note
-    assert kd_pulls([{"step": 1, "det": 2.0}]) == {} and pull_notes({}) == []
+    assert kd_pulls([{"step": 1, "det": 2.0}]) == {} and pull_notes({}, False) == []
+    # with a pool, the measured-better lambda pulls the head term 1.0-1.4x: noted only above 2x
+    assert pull_notes(pulls, True) == [] and pull_notes({"head": {"mean": 1.4, "max": 3.0}}, True) == []
+    assert len(pull_notes({"head": {"mean": 2.1, "max": 3.0}}, True)) == 1

@@ -179,7 +179,7 @@ def _step(recipe, method: str, teacher_peaks):
     label_kd = (LabelKD(cfg, cfg, names, recipe.distill.baseline.label_score, _assign(recipe))
                 if method == "sparsekd" else None)
     pool = TeacherTargets(cfg, names, 0.3, _assign(recipe))
-    return distill_step_fn(first(s_all), first(t_all), kd, kd_lambda(recipe.distill), cfg.head, label_kd, pool=pool)
+    return distill_step_fn(first(s_all), first(t_all), kd, kd_lambda(recipe.distill, True), cfg.head, label_kd, pool=pool)
 
 
 # The unlabeled frame is frame 2; the teacher is confident on every frame.

@@ -73,7 +73,7 @@ def test_stored_recipe_of_an_earlier_itkd_loads_without_its_legacy_fields():
     old["distill"]["itkd"].update({"head_standardize": False, "adapter_init": "random", "tap": "neck", "lam": 0.5})
     kept = {"distill": {"itkd": dict(old["distill"]["itkd"])}}
     got = recipe_from_dict(old)
-    assert got.distill.itkd.lam is None and got.distill.itkd.form == "default" and kd_lambda(got.distill) == 0.1
+    assert got.distill.itkd.lam is None and got.distill.itkd.form == "default" and kd_lambda(got.distill, False) == 0.1
     assert got == base
     assert old["distill"]["itkd"] == kept["distill"]["itkd"]  # the caller's dict is left as it was
     dropped = drop_legacy(old)
