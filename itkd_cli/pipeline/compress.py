@@ -186,7 +186,8 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
     gating.check_applicable(recipe.gates, "compress", recipe.dataset.kind, source="recipe")  # before any work
     for warning in check_training_classes(recipe, teacher):  # no teacher class in the data: refused here
         log(f"warning: {warning}")
-    pool_infos = load_pool(recipe) if uses_pool(recipe) else None  # a bad pool fails before the teacher loads
+    pooled = uses_pool(recipe)
+    pool_infos = load_pool(recipe) if pooled else None  # a bad pool fails before the teacher loads
     if pool_infos is not None:
         check_apart_from_val(recipe.dataset, pool_infos)
     distributed.setup()
@@ -199,7 +200,7 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
     before = _check_pool(recipe, pool_infos, run, device, log)  # the pool's facts before training
     loader = build_loader(recipe, recipe.dataset.train_split, train=True, batch_size=recipe.train.batch_size,
                           shuffle=True, seed=recipe.train.seed, rank=distributed.rank(),
-                          world=distributed.world_size(), unlabeled=uses_pool(recipe), pool=pool_infos)
+                          world=distributed.world_size(), unlabeled=pooled, pool=pool_infos)
     s_recipe = recipe.model_copy(update={"model": run.student_cfg})  # stored with the student
     train_dir = out_dir / "train"
     last = train_dir / "last.pth"
@@ -207,7 +208,7 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
         raise ItkdError(f"--resume: {last}: no interrupted run to continue", hint="drop --resume to start a new run")
     # The step runs the DDP wrappers (gradient averaging); checkpoints keep the bare modules.
     step_fn = distill_step_fn(distributed.wrap(run.student), run.teacher, distributed.wrap(run.kd, some_unused=True),
-                              kd_lambda(recipe.distill, uses_pool(recipe)), run.student_cfg.head, run.label_kd,
+                              kd_lambda(recipe.distill, pooled), run.student_cfg.head, run.label_kd,
                               term_weights=kd_term_weights(recipe.distill), pool=run.pool)
     done = fit(run.student, step_fn, loader, recipe.train, train_dir, s_recipe.model_dump(mode="json"), "student",
                aux={"kd": run.kd}, resume=last if resume else None, quiet=quiet, device=device)
@@ -234,7 +235,7 @@ def compress(recipe: Recipe, teacher: Path, out_dir: Path, *, resume: bool = Fal
         "curves": str(curves) if curves else None,
         "kd_pull": pulls,
         "unlabeled": unlabeled,
-        "notes": (teacher_notes(t_metrics, recipe.dataset.val_split) + pull_notes(pulls, uses_pool(recipe))
+        "notes": (teacher_notes(t_metrics, recipe.dataset.val_split) + pull_notes(pulls, pooled)
                   + pool_notes(unlabeled, recipe.distill.method, recipe.dataset.unlabeled is not None)),
         "recipe": recipe.model_dump(mode="json"),
         "max_eval_frames": max_eval_frames, "cwd": os.getcwd(),  # with the recipe: the command that reruns it
