@@ -9,6 +9,10 @@ method (or a ratio-1.0 copy) run once per seed through the same code as `itkd co
 the same student init, data order and augmentation for every row (train.seed=k reseeds all of them per
 epoch), so each row is compared with its reference row seed by seed (paired).
 
+The '+unlabeled' rows add a pool of unlabeled scenes (`--unlabeled-scenes`, KD terms only there); the
+'+pool labels' row is their yardstick, what annotating the pool would give: the same scenes' keyframes with
+their boxes, trained on with labels alone for about the pool rows' step count.
+
 Scored on a bench split 5x the val split: the 200 keyframes of the train scenes of a second world
 (`--eval-seed`), none of which any network trained on; the world's own 40-frame val split is shown too.
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import shutil
 import statistics
 import sys
@@ -41,24 +46,31 @@ BENCH_SPLIT = "synth_train"  # of the eval world: scenes no network trained on
 UNLABELED_SPLIT = "synth_unlabeled"
 # The unlabeled rows: each batch takes 4 labeled frames (the order of the labeled rows' batches of 4, seed by
 # seed) plus 4 frames of the pool, so they run the same steps on the same labeled batches as the student alone.
-POOL = ("train.batch_size=8", f"dataset.unlabeled={{source: split, split: {UNLABELED_SPLIT}, ratio: 0.5}}")
-# name -> (--method, --ratio, extra --set overrides, trains on the world with the unlabeled pool)
-ROWS: dict[str, tuple[str, float, tuple[str, ...], bool]] = {
-    "alone": ("none", 0.25, (), False),
-    "itkd": ("itkd", 0.25, (), False),
-    "itkd paper": ("itkd", 0.25, ("distill.itkd.form=paper",), False),
-    "hinton": ("hinton", 0.25, (), False),
-    "fitnet": ("fitnet", 0.25, (), False),
-    "sparsekd": ("sparsekd", 0.25, (), False),
-    "itkd +unlabeled": ("itkd", 0.25, POOL, True),  # lambda 0.5, the default form's with a pool
+POOL_BATCH, POOL_SHARE = 8, 0.5
+POOL = (f"train.batch_size={POOL_BATCH}",
+        f"dataset.unlabeled={{source: split, split: {UNLABELED_SPLIT}, ratio: {POOL_SHARE}}}")
+# The world a row trains on: the labeled one; the one with the unlabeled pool; or the oracle world, where the
+# pool's scenes carry their annotations and join the train split (what the pool gives at best, through labels).
+LABELED, POOLED, ORACLE = "labeled", "pool", "oracle"
+# name -> (--method, --ratio, extra --set overrides, world)
+ROWS: dict[str, tuple[str, float, tuple[str, ...], str]] = {
+    "alone": ("none", 0.25, (), LABELED),
+    "itkd": ("itkd", 0.25, (), LABELED),
+    "itkd paper": ("itkd", 0.25, ("distill.itkd.form=paper",), LABELED),
+    "hinton": ("hinton", 0.25, (), LABELED),
+    "fitnet": ("fitnet", 0.25, (), LABELED),
+    "sparsekd": ("sparsekd", 0.25, (), LABELED),
+    "itkd +unlabeled": ("itkd", 0.25, POOL, POOLED),  # lambda 0.5, the default form's with a pool
     # loss balance: on a pool frame lambda is the only weight (no detection term there); 0.1 was the default
-    "itkd +unlabeled lam 0.1": ("itkd", 0.25, (*POOL, "distill.itkd.lam=0.1"), True),
-    "hinton +unlabeled": ("hinton", 0.25, POOL, True),
-    "fitnet +unlabeled": ("fitnet", 0.25, POOL, True),
-    "sparsekd +unlabeled": ("sparsekd", 0.25, POOL, True),
-    "copy alone": ("none", 1.0, (), False),
+    "itkd +unlabeled lam 0.1": ("itkd", 0.25, (*POOL, "distill.itkd.lam=0.1"), POOLED),
+    "hinton +unlabeled": ("hinton", 0.25, POOL, POOLED),
+    "fitnet +unlabeled": ("fitnet", 0.25, POOL, POOLED),
+    "sparsekd +unlabeled": ("sparsekd", 0.25, POOL, POOLED),
+    # the pool's keyframes labeled, batches of 8 and epochs scaled to the pool rows' step count (oracle_epochs)
+    "alone +pool labels": ("none", 0.25, (f"train.batch_size={POOL_BATCH}",), ORACLE),
+    "copy alone": ("none", 1.0, (), LABELED),
     # at an exact copy every KD term starts near its best value: does the method fight the labels?
-    "copy itkd": ("itkd", 1.0, (), False),
+    "copy itkd": ("itkd", 1.0, (), LABELED),
 }
 REFERENCE = {0.25: "alone", 1.0: "copy alone"}
 
@@ -117,6 +129,40 @@ def make_world(out: Path, name: str, seed: int, unlabeled_scenes: int = 0) -> Pa
     summary = generate(world, seed=seed, preset="default", unlabeled_scenes=unlabeled_scenes)
     log(f"{name} {world} (seed {seed}, {unlabeled_scenes} unlabeled scenes): reused={summary.get('reused')}")
     return world
+
+
+def make_oracle_world(out: Path, world: Path, unlabeled_scenes: int) -> Path:
+    """The world of seed 0 with ``unlabeled_scenes`` more scenes, all annotated; the extra scenes are
+    byte-identical to the unlabeled pool's (a scene is seeded by its index) and join the train split, the val
+    split stays the labeled world's. Returns its root."""
+    from itkd_cli.data.synth.render import TRAIN_SPLIT, VAL_SPLIT, VERSION, generate
+
+    splits = json.loads((world / VERSION / "splits.json").read_text())
+    labeled = len(splits[TRAIN_SPLIT]) + len(splits[VAL_SPLIT])
+    oracle = out / f"world_oracle{unlabeled_scenes}"
+    summary = generate(oracle, scenes=labeled + unlabeled_scenes, seed=0, preset="default")
+    extra = [f"scene-{i + 1:04d}" for i in range(labeled, labeled + unlabeled_scenes)]
+    want = {TRAIN_SPLIT: splits[TRAIN_SPLIT] + extra, VAL_SPLIT: splits[VAL_SPLIT]}
+    path = oracle / VERSION / "splits.json"
+    if json.loads(path.read_text()) != want:
+        if (oracle / "itkd_cache").exists():  # infos cached for the generator's own splits
+            shutil.rmtree(oracle / "itkd_cache")
+        write_json(path, want)
+    log(f"oracle world {oracle}: {len(want[TRAIN_SPLIT])} train scenes, reused={summary.get('reused')}")
+    return oracle
+
+
+def oracle_epochs(epochs: int, world: Path, oracle: Path, labeled_batch: int) -> int:
+    """Epochs of the oracle rows that run about as many steps as the pool rows (``epochs`` over the labeled
+    train split at ``labeled_batch`` labeled frames a step)."""
+    from itkd_cli.data.synth.render import MARKER, TRAIN_SPLIT, VERSION
+
+    def keyframes(root: Path) -> int:
+        frames = json.loads((root / MARKER).read_text())["args"]["frames"]  # keyframes per scene
+        return len(json.loads((root / VERSION / "splits.json").read_text())[TRAIN_SPLIT]) * frames
+
+    steps = epochs * math.ceil(keyframes(world) / labeled_batch)
+    return max(1, round(steps / math.ceil(keyframes(oracle) / POOL_BATCH)))
 
 
 def make_teacher(out: Path, world: Path, epochs: int, workers: int, sets: list[str]) -> Path:
@@ -239,7 +285,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--eval-seed", type=int, default=100, help="seed of the world whose train scenes score")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--unlabeled-scenes", type=int, default=40,
-                    help="scenes of the unlabeled pool of the '+unlabeled' rows (the labeled split has 10)")
+                    help="scenes of the unlabeled pool of the '+unlabeled' rows, annotated in the '+pool labels' row "
+                         "(the labeled split has 10)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="override for teacher and students")
     args = ap.parse_args(argv)
     unknown = [r for r in args.rows if r not in ROWS]
@@ -253,15 +300,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.unlabeled_scenes < 1:
         ap.error("--unlabeled-scenes: at least 1")
     world, eval_world = make_world(out, "world", 0), make_world(out, "eval_world", args.eval_seed)
-    pooled = None
-    if any(ROWS[name][3] for name in args.rows):
-        pooled = make_world(out, f"world_unlabeled{args.unlabeled_scenes}", 0, args.unlabeled_scenes)
+    worlds, epochs = {LABELED: world}, {LABELED: args.student_epochs, POOLED: args.student_epochs}
+    kinds = {ROWS[name][3] for name in args.rows}
+    if POOLED in kinds:
+        worlds[POOLED] = make_world(out, f"world_unlabeled{args.unlabeled_scenes}", 0, args.unlabeled_scenes)
+    if ORACLE in kinds:
+        worlds[ORACLE] = make_oracle_world(out, world, args.unlabeled_scenes)
+        epochs[ORACLE] = oracle_epochs(args.student_epochs, world, worlds[ORACLE], round(POOL_BATCH * POOL_SHARE))
+        log(f"oracle rows: {epochs[ORACLE]} epochs of batches of {POOL_BATCH} (about the pool rows' steps)")
     teacher = make_teacher(out, world, args.teacher_epochs, args.workers, args.sets)
     scores: dict[str, dict[int, dict[str, float]]] = {}
     for name in args.rows:  # row by row: a row's seeds finish together, so a session ends on whole rows
+        kind = ROWS[name][3]
         for seed in args.seeds:
-            run = run_one(out, name, seed, teacher, pooled if ROWS[name][3] else world, args.student_epochs,
-                          args.workers, args.sets)
+            run = run_one(out, name, seed, teacher, worlds[kind], epochs[kind], args.workers, args.sets)
             val = json.loads((run / "report.json").read_text())["student"]["mAP"]
             scores.setdefault(name, {})[seed] = {"bench": bench_map(run / "student.pth", eval_world, run / "eval_bench"),
                                                  "val": val}
@@ -270,7 +322,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         log("no row asked for: worlds and teacher ready")
         return 0
     summary = summarise(scores, {"bench": bench_map(teacher, eval_world, out / "teacher_eval_bench"), "val": teacher_val})
-    command = " ".join([Path(sys.executable).name, *sys.argv])
+    command = shlex.join([Path(sys.executable).name, *sys.argv])  # row names with spaces stay quoted
     md = markdown(summary, command)
     write_text(out / "bench_kd.md", md)
     write_json(out / "bench_kd.json", {"command": command, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, **summary})

@@ -80,3 +80,27 @@ def test_a_student_alone_above_the_teacher_is_said_not_hidden(bench):
     assert "floor (student alone's seed std / gap): n/a" in md
     below = bench.summarise({"alone": scores["itkd"]}, {"bench": TEACHER, "val": TEACHER})
     assert "NO GAP" not in bench.markdown(below, "python bench_kd.py")
+
+
+def test_the_oracle_world_labels_the_pool_scenes_and_keeps_the_val_split(bench, tmp_path, monkeypatch):
+    import json
+
+    from itkd_cli.data.synth import render
+
+    small = render.generate
+    monkeypatch.setattr(render, "generate", lambda out, **kw: small(out, **{**kw, "preset": "small"}))
+    world = bench.make_world(tmp_path, "world", 0)  # small: 1 train scene, 1 val scene, 3 keyframes each
+    pool = bench.make_world(tmp_path, "world_unlabeled2", 0, 2)
+    oracle = bench.make_oracle_world(tmp_path, world, 2)
+    splits = json.loads((oracle / render.VERSION / "splits.json").read_text())
+    assert splits == {"synth_train": ["scene-0001", "scene-0003", "scene-0004"], "synth_val": ["scene-0002"]}
+    assert bench.make_oracle_world(tmp_path, world, 2) == oracle  # reused as it is
+
+    extra = sorted((oracle / "samples").rglob("*.bin"))  # keyframes of all 4 scenes
+    pooled = {p.name: p.read_bytes() for p in (pool / "samples").rglob("*.bin")}
+    assert len(extra) == len(pooled) and all(p.read_bytes() == pooled[p.name] for p in extra)  # the same scenes
+    annotated = json.loads((oracle / render.VERSION / "sample_annotation.json").read_text())
+    unlabeled = json.loads((pool / render.VERSION / "sample_annotation.json").read_text())
+    assert len(annotated) > len(unlabeled)  # the pool's scenes now carry boxes
+    # 1 train scene x 3 keyframes at 4 a step: 1 step an epoch; 3 scenes x 3 at 8 a step: 2 steps an epoch
+    assert bench.oracle_epochs(8, world, oracle, 4) == 4
