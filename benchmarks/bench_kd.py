@@ -50,7 +50,7 @@ POOL_BATCH, POOL_SHARE = 8, 0.5
 POOL = (f"train.batch_size={POOL_BATCH}",
         f"dataset.unlabeled={{source: split, split: {UNLABELED_SPLIT}, ratio: {POOL_SHARE}}}")
 # The world a row trains on: the labeled one; the one with the unlabeled pool; or the oracle world, where the
-# pool's scenes carry their annotations and join the train split (what the pool gives at best, through labels).
+# pool's scenes carry their annotations and join the train split (what annotating the pool would give).
 LABELED, POOLED, ORACLE = "labeled", "pool", "oracle"
 # name -> (--method, --ratio, extra --set overrides, world)
 ROWS: dict[str, tuple[str, float, tuple[str, ...], str]] = {
