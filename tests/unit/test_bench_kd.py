@@ -95,10 +95,9 @@ def test_the_oracle_world_labels_the_pool_scenes_and_keeps_the_val_split(bench, 
     splits = json.loads((oracle / render.VERSION / "splits.json").read_text())
     assert splits == {"synth_train": ["scene-0001", "scene-0003", "scene-0004"], "synth_val": ["scene-0002"]}
     assert bench.make_oracle_world(tmp_path, world, 2) == oracle  # reused as it is
-
-    extra = sorted((oracle / "samples").rglob("*.bin"))  # keyframes of all 4 scenes
+    keyframes = sorted((oracle / "samples").rglob("*.bin"))  # of all 4 scenes, in both worlds
     pooled = {p.name: p.read_bytes() for p in (pool / "samples").rglob("*.bin")}
-    assert len(extra) == len(pooled) and all(p.read_bytes() == pooled[p.name] for p in extra)  # the same scenes
+    assert len(keyframes) == len(pooled) and all(p.read_bytes() == pooled[p.name] for p in keyframes)
     annotated = json.loads((oracle / render.VERSION / "sample_annotation.json").read_text())
     unlabeled = json.loads((pool / render.VERSION / "sample_annotation.json").read_text())
     assert len(annotated) > len(unlabeled)  # the pool's scenes now carry boxes
