@@ -44,6 +44,7 @@ from itkd_cli.core.io import write_json, write_text
 TEACHER_RECIPE, STUDENT_RECIPE = "synth-pillar", "synth-pillar-itkd-1-4"
 BENCH_SPLIT = "synth_train"  # of the eval world: scenes no network trained on
 UNLABELED_SPLIT = "synth_unlabeled"
+POOL_SPLIT = "synth_pool"  # of the oracle world: the pool's scenes alone, annotated (to score the teacher's labels)
 # The unlabeled rows: each batch takes 4 labeled frames (the order of the labeled rows' batches of 4, seed by
 # seed) plus 4 frames of the pool, so they run the same steps on the same labeled batches as the student alone.
 POOL_BATCH, POOL_SHARE = 8, 0.5
@@ -134,7 +135,7 @@ def make_world(out: Path, name: str, seed: int, unlabeled_scenes: int = 0) -> Pa
 def make_oracle_world(out: Path, world: Path, unlabeled_scenes: int) -> Path:
     """The world of seed 0 with ``unlabeled_scenes`` more scenes, all annotated; the extra scenes are
     byte-identical to the unlabeled pool's (a scene is seeded by its index) and join the train split, the val
-    split stays the labeled world's. Returns its root."""
+    split stays the labeled world's; split ``POOL_SPLIT`` lists the extra scenes alone. Returns its root."""
     from itkd_cli.data.synth.render import TRAIN_SPLIT, VAL_SPLIT, VERSION, generate
 
     splits = json.loads((world / VERSION / "splits.json").read_text())
@@ -142,7 +143,7 @@ def make_oracle_world(out: Path, world: Path, unlabeled_scenes: int) -> Path:
     oracle = out / f"world_oracle{unlabeled_scenes}"
     summary = generate(oracle, scenes=labeled + unlabeled_scenes, seed=0, preset="default")
     extra = [f"scene-{i + 1:04d}" for i in range(labeled, labeled + unlabeled_scenes)]
-    want = {TRAIN_SPLIT: splits[TRAIN_SPLIT] + extra, VAL_SPLIT: splits[VAL_SPLIT]}
+    want = {TRAIN_SPLIT: splits[TRAIN_SPLIT] + extra, VAL_SPLIT: splits[VAL_SPLIT], POOL_SPLIT: extra}
     path = oracle / VERSION / "splits.json"
     if json.loads(path.read_text()) != want:
         if (oracle / "itkd_cache").exists():  # infos cached for the generator's own splits

@@ -93,7 +93,8 @@ def test_the_oracle_world_labels_the_pool_scenes_and_keeps_the_val_split(bench, 
     pool = bench.make_world(tmp_path, "world_unlabeled2", 0, 2)
     oracle = bench.make_oracle_world(tmp_path, world, 2)
     splits = json.loads((oracle / render.VERSION / "splits.json").read_text())
-    assert splits == {"synth_train": ["scene-0001", "scene-0003", "scene-0004"], "synth_val": ["scene-0002"]}
+    assert splits == {"synth_train": ["scene-0001", "scene-0003", "scene-0004"], "synth_val": ["scene-0002"],
+                      "synth_pool": ["scene-0003", "scene-0004"]}
     assert bench.make_oracle_world(tmp_path, world, 2) == oracle  # reused as it is
     keyframes = sorted((oracle / "samples").rglob("*.bin"))  # of all 4 scenes, in both worlds
     pooled = {p.name: p.read_bytes() for p in (pool / "samples").rglob("*.bin")}
